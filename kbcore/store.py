@@ -223,6 +223,13 @@ class KnowledgeBase:
                 (chunk.document_id, chunk.ordinal - window, chunk.ordinal + window)).fetchall()
         return [_chunk_from_row(r) for r in rows]
 
+    def chunk_ids(self, document_ids: Sequence[int]) -> np.ndarray:
+        """Ids of the chunks of these documents."""
+        with self._lock:
+            marks = ",".join("?" * len(document_ids)) or "NULL"
+            rows = self._db.execute(f"SELECT id FROM chunks WHERE document_id IN ({marks})", list(document_ids))
+            return np.array([r[0] for r in rows], dtype=np.int64)
+
     def search_tokens(self) -> tuple[np.ndarray, list[str]]:
         """Chunk ids and their space-separated search tokens (for lexical retrieval)."""
         with self._lock:
@@ -296,16 +303,21 @@ class KnowledgeBase:
             return []
         params = None
         if document_ids is not None:
-            with self._lock:
-                marks = ",".join("?" * len(document_ids)) or "NULL"
-                allowed = [r[0] for r in self._db.execute(
-                    f"SELECT id FROM chunks WHERE document_id IN ({marks})", list(document_ids))]
-            if not allowed:
+            allowed = self.chunk_ids(document_ids)
+            if not len(allowed):
                 return []
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(allowed, dtype=np.int64)))
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         scores, ids = index.search(q, min(k, index.ntotal), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def dense_scores(self, query: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+        """Inner products of the query with the given chunks' vectors (for candidates found lexically)."""
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.float32)
+        index = self._faiss_index()
+        vecs = index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        return vecs @ np.asarray(query, dtype=np.float32).reshape(-1)
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager

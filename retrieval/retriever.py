@@ -1,0 +1,162 @@
+"""Hybrid retrieval over one knowledge base: dense (FAISS) + BM25 (jieba), fused, optionally reranked.
+
+Every returned ``Hit`` carries ``dense``, the cosine of question and chunk, even when only BM25 found it:
+that is the relevance score the answer stage thresholds, because fused scores are rank-based and say nothing
+about whether anything relevant was found at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from kbcore.config import RetrievalSettings, Settings
+from kbcore.embedding import Embedder
+from kbcore.store import KnowledgeBase
+from kbcore.text import TOKENIZER_VERSION, search_tokens
+from kbcore.types import Chunk, Hit
+from retrieval import fusion
+from retrieval.lexical import BM25Index
+
+# Questions longer than this are cut before tokenising: a pasted page should not cost seconds of BM25.
+MAX_QUERY_CHARS = 2000
+
+
+class Reranker(Protocol):
+    def rerank(self, question: str, hits: list[Hit]) -> list[Hit]: ...
+
+
+class CrossEncoderReranker:
+    """Reorders hits with a sentence-transformers cross-encoder (any id or local path the user has)."""
+
+    def __init__(self, model: str):
+        from sentence_transformers import CrossEncoder
+
+        self.model = CrossEncoder(model)
+
+    def rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+        if not hits:
+            return hits
+        scores = self.model.predict([(question, h.chunk.text) for h in hits])
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        return [replace(hits[i], score=float(scores[i])) for i in order]
+
+
+class Retriever:
+    """``search(question, k)`` returns the best chunks of a knowledge base as ``Hit``s, best first."""
+
+    def __init__(self, kb: KnowledgeBase, embedder: Embedder, settings: RetrievalSettings,
+                 reranker: Reranker | None = None):
+        kb.check_embedding(embedder.model_id, embedder.dimension)
+        self.kb = kb
+        self.embedder = embedder
+        self.settings = settings
+        self.reranker = reranker
+        self._bm25: BM25Index | None = None
+        self._bm25_generation = -1
+        self._lock = threading.Lock()
+
+    def _lexical_index(self) -> BM25Index:
+        with self._lock:
+            generation = self.kb.generation
+            if self._bm25 is None or self._bm25_generation != generation:
+                ids, tokens = self.kb.search_tokens()
+                if self.kb.settings().get("tokenizer") not in (None, TOKENIZER_VERSION):
+                    # Built by an older tokeniser: re-tokenise in memory rather than mismatch query and index.
+                    tokens = [" ".join(search_tokens(c.text)) for c in self.kb.get_chunks(ids).values()]
+                self._bm25, self._bm25_generation = BM25Index.build(ids, tokens), generation
+            return self._bm25
+
+    def _allowed_documents(self, sources: Sequence[str] | None) -> list[int] | None:
+        if sources is None:
+            return None
+        wanted = set(sources)
+        return [d.id for d in self.kb.documents() if d.source in wanted or d.source.rsplit("/", 1)[-1] in wanted]
+
+    def search(self, question: str, k: int | None = None, *, sources: Sequence[str] | None = None,
+               mode: str | None = None) -> list[Hit]:
+        """The ``k`` best chunks for ``question`` (default ``settings.top_k``), restricted to ``sources``
+        (document source names) when given. An empty question or knowledge base gives an empty list."""
+        k = self.settings.top_k if k is None else k
+        mode = mode or self.settings.mode
+        question = (question or "").strip()[:MAX_QUERY_CHARS]
+        if not question or k <= 0 or self.kb.chunk_count() == 0:
+            return []
+        document_ids = self._allowed_documents(sources)
+        if document_ids == []:
+            return []
+        depth = max(self.settings.candidates, k)
+        query_vector = self.embedder.embed_query(question)
+
+        dense: list[tuple[int, float]] = []
+        lexical: list[tuple[int, float]] = []
+        if mode in ("hybrid", "dense"):
+            dense = self.kb.dense_search(query_vector, depth, document_ids)
+        if mode in ("hybrid", "bm25"):
+            index = self._lexical_index()
+            allowed = None
+            if document_ids is not None:
+                allowed = np.isin(index.chunk_ids, self.kb.chunk_ids(document_ids))
+            lexical = index.search(search_tokens(question), depth, allowed)
+
+        if mode == "dense":
+            ranked = dense
+        elif mode == "bm25":
+            ranked = lexical
+        else:
+            weights = [self.settings.dense_weight, 1.0 - self.settings.dense_weight]
+            if self.settings.fusion == "rrf":
+                ranked = fusion.rrf([dense, lexical], k=self.settings.rrf_k, weights=[2 * w for w in weights])
+            else:
+                ranked = fusion.weighted([dense, lexical], weights=weights)
+
+        keep = depth if self.reranker else k
+        ranked = ranked[:keep]
+        hits = self._to_hits(ranked, query_vector, dict(dense), dict(lexical))
+        if self.reranker is not None:
+            hits = self.reranker.rerank(question, hits)[:k]
+        hits = [replace(h, rank=i + 1) for i, h in enumerate(hits)]
+        if self.settings.context_window > 0:
+            hits = [replace(h, context=self.context(h.chunk, self.settings.context_window)) for h in hits]
+        return hits
+
+    def _to_hits(self, ranked: list[tuple[int, float]], query_vector: np.ndarray,
+                 dense: dict[int, float], lexical: dict[int, float]) -> list[Hit]:
+        ids = [cid for cid, _ in ranked]
+        chunks = self.kb.get_chunks(ids)
+        missing_dense = [cid for cid in ids if cid not in dense]
+        dense = {**dense, **dict(zip(missing_dense, self.kb.dense_scores(query_vector, missing_dense).tolist()))}
+        return [Hit(chunk=chunks[cid], score=score, dense=dense[cid], lexical=lexical.get(cid))
+                for cid, score in ranked if cid in chunks]
+
+    def context(self, chunk: Chunk, window: int) -> str:
+        """The chunk's text with ``window`` neighbours on each side, overlaps between them removed."""
+        text = ""
+        for part in self.kb.neighbours(chunk, window):
+            text = _join_overlapping(text, part.text)
+        return text
+
+
+def _join_overlapping(left: str, right: str, longest: int = 400) -> str:
+    """Append ``right`` to ``left`` without repeating the overlap the splitter put between them."""
+    for size in range(min(len(left), len(right), longest), 0, -1):
+        if left.endswith(right[:size]):
+            return left + right[size:]
+    return left + ("\n" if left else "") + right
+
+
+def open_retriever(settings: Settings, kb_path=None, *, reranker: Reranker | None = None) -> Retriever:
+    """Open the configured knowledge base (or ``kb_path``) with the configured embedder.
+
+    A reranker is built from ``settings.retrieval.reranker`` when that names a model and none is passed.
+    """
+    from kbcore.embedding import load_embedder
+
+    kb = KnowledgeBase(kb_path or settings.kb_path)
+    embedder = load_embedder(settings.embedding, settings.cache_dir)
+    if reranker is None and settings.retrieval.reranker:
+        reranker = CrossEncoderReranker(settings.retrieval.reranker)
+    return Retriever(kb, embedder, settings.retrieval, reranker)

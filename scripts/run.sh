@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: install, ingest the sample documents into kb/default, open the app.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m ingest samples --kb kb/default
+if [ "${KBCHAT_NO_APP:-0}" = 1 ]; then
+    exit 0
+fi
+echo "Opening the app at http://127.0.0.1:${PORT:-8501} (Ctrl-C stops it)"
+exec .venv/bin/streamlit run app/main.py --server.headless true --server.address 127.0.0.1 \
+    --server.port "${PORT:-8501}" --browser.gatherUsageStats false

@@ -1,0 +1,133 @@
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from kbcore.store import (INDEX_FILE, EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseBusyError,
+                          KnowledgeBaseError, NewChunk)
+
+
+def unit(rng, n, dim=8):
+    v = rng.standard_normal((n, dim)).astype("float32")
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def chunks(n, prefix):
+    return [NewChunk(ordinal=i, page_start=i + 1, page_end=i + 1, heading="h", text=f"{prefix} {i}",
+                     tokens=f"{prefix} t{i}") for i in range(n)]
+
+
+@pytest.fixture
+def kb(tmp_path):
+    return KnowledgeBase.create(tmp_path / "kb", embedding_model="test-model", dimension=8)
+
+
+def test_replacing_a_document_removes_its_old_chunks_from_search(kb):
+    rng = np.random.default_rng(0)
+    old = unit(rng, 3)
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="1", title="A", pages=3, chunks=chunks(3, "old"), vectors=old)
+        w.put_document("b.pdf", content_hash="2", title="B", pages=2, chunks=chunks(2, "b"), vectors=unit(rng, 2))
+    old_ids = {c.id for c in kb.chunks("a.pdf")}
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="3", title="A", pages=1, chunks=chunks(1, "new"), vectors=unit(rng, 1))
+    assert [c.text for c in kb.chunks("a.pdf")] == ["new 0"]
+    found = {cid for cid, _ in kb.dense_search(old[0], k=10)}
+    assert not found & old_ids
+    assert kb.document("a.pdf").content_hash == "3"
+    # A fresh reader sees the same thing through the index file on disk.
+    again = KnowledgeBase(kb.path, readonly=True)
+    assert {cid for cid, _ in again.dense_search(old[0], k=10)} == found
+
+
+def test_deleted_document_is_gone_and_ids_are_never_reused(kb):
+    rng = np.random.default_rng(1)
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="1", title="A", pages=1, chunks=chunks(2, "a"), vectors=unit(rng, 2))
+    first_ids = {c.id for c in kb.chunks()}
+    with kb.writer() as w:
+        assert w.delete_document("a.pdf")
+        assert not w.delete_document("a.pdf")
+        w.put_document("c.pdf", content_hash="2", title="C", pages=1, chunks=chunks(2, "c"), vectors=unit(rng, 2))
+    assert kb.document("a.pdf") is None
+    assert not first_ids & {c.id for c in kb.chunks()}
+    assert len(kb.dense_search(unit(rng, 1)[0], k=10)) == 2
+
+
+def test_stale_or_broken_index_file_is_rebuilt_from_the_database(kb):
+    rng = np.random.default_rng(2)
+    vecs = unit(rng, 4)
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="1", title="A", pages=4, chunks=chunks(4, "a"), vectors=vecs)
+    expected = kb.dense_search(vecs[2], k=4)
+    (kb.path / INDEX_FILE).write_bytes(b"garbage cut short")  # as if a kill hit mid-write
+    assert KnowledgeBase(kb.path).dense_search(vecs[2], k=4) == expected
+
+
+def test_search_restricted_to_documents_and_dense_scores(kb):
+    rng = np.random.default_rng(3)
+    va, vb = unit(rng, 2), unit(rng, 2)
+    with kb.writer() as w:
+        a = w.put_document("a.pdf", content_hash="1", title="A", pages=2, chunks=chunks(2, "a"), vectors=va)
+        w.put_document("b.pdf", content_hash="2", title="B", pages=2, chunks=chunks(2, "b"), vectors=vb)
+    hits = kb.dense_search(vb[0], k=4, document_ids=[a])
+    assert {kb.get_chunks([cid])[cid].source for cid, _ in hits} == {"a.pdf"}
+    ids = [c.id for c in kb.chunks("b.pdf")]
+    assert np.allclose(kb.dense_scores(vb[0], ids), vb @ vb[0], atol=1e-6)
+
+
+def test_vector_count_mismatch_is_refused_and_nothing_changes(kb):
+    with pytest.raises(ValueError, match="a.pdf"):
+        with kb.writer() as w:
+            w.put_document("a.pdf", content_hash="1", title="A", pages=1, chunks=chunks(2, "a"),
+                           vectors=np.zeros((1, 8), "float32"))
+    assert kb.documents() == []
+
+
+def test_embedding_mismatch_names_both_models_and_the_fix(kb):
+    with pytest.raises(EmbeddingMismatchError, match=r"test-model.*other-model.*--rebuild"):
+        KnowledgeBase.create(kb.path, embedding_model="other-model", dimension=8)
+
+
+def test_replace_vectors_swaps_model_and_search_uses_new_vectors(kb):
+    rng = np.random.default_rng(4)
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="1", title="A", pages=3, chunks=chunks(3, "a"), vectors=unit(rng, 3))
+    ids = [c.id for c in kb.chunks()]
+    kb.dense_search(unit(rng, 1)[0], k=1)
+    new = unit(rng, 3, dim=8)
+    with kb.writer() as w:
+        w.replace_vectors("model-2", 8, dict(zip(ids, new)))
+    kb.check_embedding("model-2", 8)
+    assert KnowledgeBase(kb.path).dense_search(new[1], k=1)[0][0] == ids[1]
+
+
+def test_missing_knowledge_base_is_a_clear_error(tmp_path):
+    with pytest.raises(KnowledgeBaseError, match="python -m ingest"):
+        KnowledgeBase(tmp_path / "nothing")
+
+
+def _hold_writer(path, ready, release):
+    kb = KnowledgeBase(path)
+    with kb.writer():
+        ready.set()
+        release.wait(10)
+
+
+def test_second_writer_is_refused_while_the_first_writes(kb):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_writer, args=(str(kb.path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(KnowledgeBaseBusyError, match=f"pid {holder.pid}"):
+            with kb.writer(wait_seconds=0.3):
+                pass
+    finally:
+        release.set()
+        holder.join(10)
+    with kb.writer(wait_seconds=5):  # free again once the first writer is done
+        pass
+    assert os.path.exists(kb.path / "lock")
