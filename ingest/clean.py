@@ -81,7 +81,9 @@ class CleanDocument:
 
 
 def normalize_chars(text: str) -> str:
-    """>>> normalize_chars("ＡＢＣ１２３，检索。\\u3000end")
+    """Full-width letters and digits to ASCII, odd spaces to plain ones; Chinese punctuation stays.
+
+    >>> normalize_chars("ＡＢＣ１２３，检索。\\u3000end")
     'ABC123，检索。 end'
     """
     return text.translate(_CHAR_MAP)
