@@ -1,0 +1,352 @@
+"""Ingest a folder (or uploaded files) into a knowledge base: hash -> parse -> clean -> split -> embed -> store.
+
+A document's ``source`` key is its path relative to the ingested folder. Its content hash (sha256 of the
+bytes) decides the work:
+
+- unchanged: skipped, with no parsing and no embedding;
+- new or changed: parsed and stored in one transaction that replaces all its old chunks; chunks whose text
+  and heading did not change keep their stored vectors instead of being embedded again;
+- failed (bad file): reported with the reason, and the previously stored version, if any, is kept;
+- with ``prune=True``, documents whose file is gone from the folder are deleted.
+
+The whole run holds the knowledge base's write lock, so a second ingest at the same time is refused
+(``KnowledgeBaseBusyError``) instead of interleaving. Each document is its own transaction, so a killed run
+leaves every document either in its old or its new state.
+
+The embedder is loaded only when something needs embedding (or a new knowledge base needs its model id),
+so a re-run over an unchanged folder costs hashing and a database read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence
+
+import numpy as np
+
+from ingest.clean import clean_document
+from ingest.parse import ParseError, is_supported, parse_file
+from ingest.split import HEADING_SEPARATOR, ChineseTextSplitter, TextChunk
+from kbcore.config import Settings
+from kbcore.store import KnowledgeBase, NewChunk, text_hash
+from kbcore.text import TOKENIZER_VERSION, search_tokens
+
+FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
+STAGES = ("scan", "parse", "clean", "split", "tokens", "embed", "store")
+# Bump when parsing, cleaning or splitting changes what is stored for the same file.
+INGEST_VERSION = "1"
+
+# progress(files_done, files_total, source, result): called with result=None when a file starts and with its
+# FileResult when it is done (files_done then counts it). Deletions by prune are reported the same way.
+ProgressCallback = Callable[[int, int, str, "FileResult | None"], None]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    source: str
+    status: FileStatus
+    reason: str = ""
+    pages: int = 0
+    chunks: int = 0
+    # Chunks that went through the embedder (the rest of a changed file's chunks reused stored vectors).
+    embedded: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class IngestReport:
+    kb_path: Path
+    results: list[FileResult] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    seconds: float = 0.0
+    characters: int = 0  # characters of chunk text produced by this run (added and updated files)
+
+    def count(self, status: FileStatus) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failures(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def pages(self) -> int:
+        """Pages of the documents this run covered (added, updated or unchanged)."""
+        return sum(r.pages for r in self.results if r.status in ("added", "updated", "skipped"))
+
+    @property
+    def chunks(self) -> int:
+        return sum(r.chunks for r in self.results if r.status in ("added", "updated", "skipped"))
+
+    @property
+    def chunks_embedded(self) -> int:
+        return sum(r.embedded for r in self.results)
+
+    def summary(self) -> dict:
+        """The flat summary printed by ``python -m ingest --json``."""
+        return {
+            "files_added": self.count("added"), "files_updated": self.count("updated"),
+            "files_skipped": self.count("skipped"), "files_failed": self.count("failed"),
+            "files_deleted": self.count("deleted"), "pages": self.pages, "chunks": self.chunks,
+            "chunks_embedded": self.chunks_embedded, "characters": self.characters,
+            "seconds": round(self.seconds, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "kb": str(self.kb_path),
+            "failures": [{"source": r.source, "reason": r.reason} for r in self.failures],
+        }
+
+
+def passage_text(heading: str, text: str) -> str:
+    """What the embedder sees for a chunk: the document title and the chunk's own heading, then its text.
+    The title lets the right law win among similar ones; the middle of a long path adds little.
+
+    >>> passage_text("政府采购法 > 第二章 政府采购当事人", "第十五条 ……")
+    '政府采购法 > 第二章 政府采购当事人\\n第十五条 ……'
+    >>> passage_text("FAQ > 第 7 章 > 7.1. 什么是软件包？", "正文")
+    'FAQ > 7.1. 什么是软件包？\\n正文'
+    """
+    parts = heading.split(HEADING_SEPARATOR) if heading else []
+    context = HEADING_SEPARATOR.join(parts[:1] + parts[-1:] if len(parts) > 1 else parts)
+    return f"{context}\n{text}" if context else text
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def kb_settings_record(settings: Settings) -> dict[str, str]:
+    """What a knowledge base records about how its chunks were made."""
+    return {"chunk_size": str(settings.chunking.chunk_size), "chunk_overlap": str(settings.chunking.chunk_overlap),
+            "tokenizer_version": TOKENIZER_VERSION, "ingest_version": INGEST_VERSION,
+            "passage_text": "title > heading\\ntext"}
+
+
+class _LazyEmbedder:
+    """Loads the configured embedder on first use; a kb built with another model raises on that first use."""
+
+    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None):
+        self.settings = settings
+        self.kb = kb
+        self._embedder = None
+
+    def get(self):
+        if self._embedder is None:
+            from kbcore.embedding import load_embedder
+
+            self._embedder = load_embedder(self.settings.embedding, self.settings.cache_dir)
+            if self.kb is not None:
+                self.kb.check_embedding(self._embedder.model_id, self._embedder.dimension)
+        return self._embedder
+
+
+def open_or_create_kb(settings: Settings, kb_path: str | os.PathLike | None = None, *,
+                      embedder=None) -> KnowledgeBase:
+    """Open the knowledge base at ``kb_path`` (default ``settings.kb_path``), creating it for the configured
+    embedder when it does not exist. Opening does not check the embedding model (that needs the model
+    loaded); ingest checks it before embedding anything, and raises ``EmbeddingMismatchError``."""
+    path = Path(kb_path) if kb_path is not None else settings.kb_path
+    if KnowledgeBase.exists(path):
+        return KnowledgeBase(path)
+    if embedder is None:
+        from kbcore.embedding import load_embedder
+
+        embedder = load_embedder(settings.embedding, settings.cache_dir)
+    return KnowledgeBase.create(path, embedding_model=embedder.model_id, dimension=embedder.dimension,
+                                extra_settings=kb_settings_record(settings))
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Files under ``folder`` in a stable order, hidden files and folders left out."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+class _Ingester:
+    """One ingest run over a list of (source, path) pairs, holding the write lock throughout."""
+
+    def __init__(self, kb: KnowledgeBase, settings: Settings, embedder: _LazyEmbedder,
+                 progress: ProgressCallback | None):
+        self.kb = kb
+        self.settings = settings
+        self.embedder = embedder
+        self.splitter = ChineseTextSplitter(settings.chunking.chunk_size, settings.chunking.chunk_overlap)
+        self.progress = progress or (lambda *_: None)
+        self.report = IngestReport(kb.path)
+        self.stored = {d.source: d for d in kb.documents()}
+
+    def _timed(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.report.stage_seconds[stage] += now - started
+        return now
+
+    def run(self, files: Sequence[tuple[str, Path]], prune_sources: Iterable[str] = ()) -> IngestReport:
+        began = time.perf_counter()
+        prune_sources = list(prune_sources)
+        total = len(files) + len(prune_sources)
+        with self.kb.writer() as writer:
+            for done, (source, path) in enumerate(files):
+                self.progress(done, total, source, None)
+                result = self._one(writer, source, path)
+                self.report.results.append(result)
+                self.progress(done + 1, total, source, result)
+            for n, source in enumerate(prune_sources, start=len(files)):
+                self.progress(n, total, source, None)
+                started = time.perf_counter()
+                writer.delete_document(source)
+                self._timed("store", started)
+                doc = self.stored[source]
+                result = FileResult(source, "deleted", "file no longer in the folder", doc.pages, doc.chunks,
+                                    seconds=time.perf_counter() - started)
+                self.report.results.append(result)
+                self.progress(n + 1, total, source, result)
+            started = time.perf_counter()
+        self._timed("store", started)  # the search index is rewritten when the writer closes
+        self.report.seconds = time.perf_counter() - began
+        return self.report
+
+    def _one(self, writer, source: str, path: Path) -> FileResult:
+        t0 = time.perf_counter()
+        if not is_supported(path):
+            return FileResult(source, "skipped", f"unsupported file type {path.suffix or '(no extension)'!r}",
+                              seconds=time.perf_counter() - t0)
+        try:
+            digest = content_hash(path)
+        except OSError as exc:
+            self._timed("scan", t0)
+            return FileResult(source, "failed", f"cannot read the file: {exc.strerror or exc}",
+                              seconds=time.perf_counter() - t0)
+        previous = self.stored.get(source)
+        t = self._timed("scan", t0)
+        if previous is not None and previous.content_hash == digest:
+            return FileResult(source, "skipped", "unchanged", previous.pages, previous.chunks,
+                              seconds=time.perf_counter() - t0)
+        try:
+            parsed = parse_file(path)
+        except ParseError as exc:
+            self._timed("parse", t)
+            kept = " (the previously ingested version is kept)" if previous is not None else ""
+            return FileResult(source, "failed", exc.reason + kept, seconds=time.perf_counter() - t0)
+        t = self._timed("parse", t)
+        cleaned = clean_document(parsed)
+        t = self._timed("clean", t)
+        chunks = self.splitter.split(cleaned)
+        t = self._timed("split", t)
+        # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
+        new_chunks = [NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text,
+                               " ".join(search_tokens(passage_text(c.heading, c.text)))) for c in chunks]
+        t = self._timed("tokens", t)
+        if not chunks:
+            return FileResult(source, "failed", "no text left after cleaning", parsed.page_count,
+                              seconds=time.perf_counter() - t0)
+        vectors, embedded = self._vectors(source, chunks)
+        t = self._timed("embed", t)
+        writer.put_document(source, content_hash=digest, title=parsed.title, pages=parsed.page_count,
+                            chunks=new_chunks, vectors=vectors)
+        self._timed("store", t)
+        self.report.characters += sum(len(c.text) for c in chunks)
+        status: FileStatus = "updated" if previous is not None else "added"
+        return FileResult(source, status, "", parsed.page_count, len(chunks), embedded,
+                          seconds=time.perf_counter() - t0)
+
+    def _vectors(self, source: str, chunks: list[TextChunk]) -> tuple[np.ndarray, int]:
+        """Vectors for the chunks: reused for text+heading unchanged since the stored version, else embedded."""
+        reusable: dict[str, np.ndarray] = {}
+        if source in self.stored:
+            old = {(c.heading, c.text) for c in self.kb.chunks(source)}
+            wanted = [text_hash(c.text) for c in chunks if (c.heading, c.text) in old]
+            reusable = self.kb.vectors_by_text_hash(wanted) if wanted else {}
+        todo = [i for i, c in enumerate(chunks) if text_hash(c.text) not in reusable]
+        embedder = self.embedder.get() if todo else None
+        dim = embedder.dimension if embedder is not None else self.kb.dimension
+        vectors = np.empty((len(chunks), dim), dtype=np.float32)
+        for i, c in enumerate(chunks):
+            if i not in todo:
+                vectors[i] = reusable[text_hash(c.text)]
+        if todo:
+            vectors[todo] = embedder.embed_passages([passage_text(chunks[i].heading, chunks[i].text) for i in todo])
+        return vectors, len(todo)
+
+
+def ingest_folder(folder: str | os.PathLike, settings: Settings, *, kb_path: str | os.PathLike | None = None,
+                  prune: bool = False, progress: ProgressCallback | None = None) -> IngestReport:
+    """Ingest every supported file under ``folder``; see the module docstring for what happens to each."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    files = [(p.relative_to(folder).as_posix(), p) for p in _walk(folder)]
+    return _ingest(files, settings, kb_path, prune_missing=prune, progress=progress)
+
+
+def ingest_files(paths: Iterable[str | os.PathLike], settings: Settings, *, kb_path: str | os.PathLike | None = None,
+                 root: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> IngestReport:
+    """Ingest the given files (e.g. uploads). A file's source key is its path relative to ``root``, or its
+    file name when no root is given."""
+    files = []
+    for p in map(Path, paths):
+        source = p.resolve().relative_to(Path(root).resolve()).as_posix() if root is not None else p.name
+        files.append((source, p))
+    return _ingest(files, settings, kb_path, prune_missing=False, progress=progress)
+
+
+def _ingest(files, settings: Settings, kb_path, *, prune_missing: bool, progress) -> IngestReport:
+    path = Path(kb_path) if kb_path is not None else settings.kb_path
+    embedder = _LazyEmbedder(settings)
+    kb = open_or_create_kb(settings, path, embedder=None if KnowledgeBase.exists(path) else embedder.get())
+    embedder.kb = kb
+    try:
+        ingester = _Ingester(kb, settings, embedder, progress)
+        present = {source for source, _ in files}
+        gone = sorted(s for s in ingester.stored if s not in present) if prune_missing else []
+        return ingester.run(files, gone)
+    finally:
+        kb.close()
+
+
+def delete_document(kb: KnowledgeBase | str | os.PathLike, source: str) -> bool:
+    """Remove one document and its chunks; False when no document has that source key."""
+    own = not isinstance(kb, KnowledgeBase)
+    kb = KnowledgeBase(kb) if own else kb
+    try:
+        with kb.writer() as writer:
+            return writer.delete_document(source)
+    finally:
+        if own:
+            kb.close()
+
+
+def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int = 256,
+            progress: Callable[[int, int], None] | None = None) -> int:
+    """Re-embed every stored chunk with the configured embedder (no re-parsing) and record that model.
+    Returns the number of chunks re-embedded."""
+    from kbcore.embedding import load_embedder
+
+    kb = KnowledgeBase(kb_path)
+    try:
+        embedder = load_embedder(settings.embedding, settings.cache_dir)
+        with kb.writer() as writer:
+            chunks = kb.chunks()
+            vectors: dict[int, np.ndarray] = {}
+            for start in range(0, len(chunks), batch_size):
+                part = chunks[start:start + batch_size]
+                embedded = embedder.embed_passages([passage_text(c.heading, c.text) for c in part])
+                vectors.update({c.id: v for c, v in zip(part, embedded)})
+                if progress:
+                    progress(len(vectors), len(chunks))
+            writer.replace_vectors(embedder.model_id, embedder.dimension, vectors)
+        return len(chunks)
+    finally:
+        kb.close()
+
+
+__all__ = ["FileResult", "IngestReport", "FileStatus", "ProgressCallback", "ingest_folder", "ingest_files",
+           "delete_document", "rebuild", "open_or_create_kb", "passage_text", "content_hash", "STAGES"]
