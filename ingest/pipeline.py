@@ -19,6 +19,7 @@ so a re-run over an unchanged folder costs hashing and a database read.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import time
@@ -162,12 +163,28 @@ def open_or_create_kb(settings: Settings, kb_path: str | os.PathLike | None = No
                                 extra_settings=kb_settings_record(settings))
 
 
+IGNORE_FILE = ".ingestignore"
+
+
 def _walk(folder: Path) -> list[Path]:
-    """Files under ``folder`` in a stable order, hidden files and folders left out."""
+    """Files under ``folder`` in a stable order. Hidden files and folders are left out, and so are files
+    matching a pattern in ``folder/.ingestignore`` (one fnmatch pattern a line, against the relative path or
+    the file name; ``#`` starts a comment), e.g. a README that describes the documents."""
+    ignore_file = folder / IGNORE_FILE
+    patterns = []
+    if ignore_file.is_file():
+        lines = ignore_file.read_text(encoding="utf-8").splitlines()
+        patterns = [p.strip() for p in lines if p.strip() and not p.strip().startswith("#")]
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            relative = path.relative_to(folder).as_posix()
+            if name.startswith(".") or any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p)
+                                           for p in patterns):
+                continue
+            found.append(path)
     return found
 
 
