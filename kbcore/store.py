@@ -262,6 +262,8 @@ class KnowledgeBase:
     def _faiss_index(self):
         import faiss
 
+        # One query against a flat index is faster on one OpenMP thread than two here (8.6 vs 20 ms at 100k).
+        faiss.omp_set_num_threads(1)
         with self._lock:
             generation = self.generation
             if self._index is not None and self._index_generation == generation:
