@@ -53,6 +53,8 @@ _UNIT_START = re.compile(
     r"[•·●○■□◆▪\-–*]\s|\d+(?:\.\d+)+$|chapter\s+\d+|附件|附录)", re.IGNORECASE)
 # How full a line must be, relative to the widest lines of the document, to count as wrapped.
 WRAPPED_LINE_FILL = 0.8
+# Below this width (12 Chinese characters) the "widest lines" are no text column and nothing is joined.
+MIN_COLUMN_WIDTH = 24
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,9 @@ def _reference_width(lines: list[str]) -> float:
 
 
 def _continues(previous: str, line: str, reference: float, heading_starts: set[str]) -> bool:
-    if _width(previous) < WRAPPED_LINE_FILL * reference:
+    if reference < MIN_COLUMN_WIDTH or _width(previous) < WRAPPED_LINE_FILL * reference:
+        return False
+    if previous[-1] in "。！？!?":  # a full line that ends a sentence may end its paragraph too: keep the break
         return False
     if TABLE_CELL_SEPARATOR in previous or TABLE_CELL_SEPARATOR in line:
         return False
