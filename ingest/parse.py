@@ -121,6 +121,9 @@ def _describe_bytes(head: bytes) -> str:
 def _parse_pdf(path: Path) -> ParsedDocument:
     import pymupdf
 
+    if hasattr(pymupdf, "no_recommend_layout"):
+        pymupdf.no_recommend_layout()  # find_tables would print an advert on stdout, into --json output
+
     with open(path, "rb") as fh:
         head = fh.read(1024)
     if b"%PDF-" not in head:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence
@@ -188,6 +190,20 @@ def _walk(folder: Path) -> list[Path]:
     return found
 
 
+@dataclass
+class _Prepared:
+    """A file parsed, cleaned, split and tokenised, waiting for its vectors."""
+
+    source: str
+    digest: str
+    replaces: bool
+    title: str
+    pages: int
+    chunks: list[TextChunk]
+    tokens: list[str]
+    started: float
+
+
 class _Ingester:
     """One ingest run over a list of (source, path) pairs, holding the write lock throughout."""
 
@@ -200,20 +216,31 @@ class _Ingester:
         self.progress = progress or (lambda *_: None)
         self.report = IngestReport(kb.path)
         self.stored = {d.source: d for d in kb.documents()}
+        self._stage_lock = threading.Lock()
 
     def _timed(self, stage: str, started: float) -> float:
+        """Add the time since ``started`` to a stage. Stages overlap (text work runs beside embedding), so
+        their sum can exceed the run's wall-clock ``seconds``."""
         now = time.perf_counter()
-        self.report.stage_seconds[stage] += now - started
+        with self._stage_lock:
+            self.report.stage_seconds[stage] += now - started
         return now
 
     def run(self, files: Sequence[tuple[str, Path]], prune_sources: Iterable[str] = ()) -> IngestReport:
-        began = time.perf_counter()
+        """Prepare each file (hash, parse, clean, split, tokens) one file ahead in a helper thread while the
+        main thread embeds and stores the current one: the model's matrix work releases the GIL, so the
+        text work mostly hides behind it. Writes stay on this thread, in file order."""
         prune_sources = list(prune_sources)
         total = len(files) + len(prune_sources)
-        with self.kb.writer() as writer:
-            for done, (source, path) in enumerate(files):
+        with self.kb.writer() as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-prepare") as pool:
+            ahead = [pool.submit(self._prepare, source, path) for source, path in files[:1]]
+            for done, (source, _path) in enumerate(files):
                 self.progress(done, total, source, None)
-                result = self._one(writer, source, path)
+                prepared = ahead[done].result()
+                if done + 1 < len(files):
+                    ahead.append(pool.submit(self._prepare, *files[done + 1]))
+                ahead[done] = None  # let the parsed text go
+                result = prepared if isinstance(prepared, FileResult) else self._store(writer, prepared)
                 self.report.results.append(result)
                 self.progress(done + 1, total, source, result)
             for n, source in enumerate(prune_sources, start=len(files)):
@@ -228,10 +255,10 @@ class _Ingester:
                 self.progress(n + 1, total, source, result)
             started = time.perf_counter()
         self._timed("store", started)  # the search index is rewritten when the writer closes
-        self.report.seconds = time.perf_counter() - began
         return self.report
 
-    def _one(self, writer, source: str, path: Path) -> FileResult:
+    def _prepare(self, source: str, path: Path) -> "_Prepared | FileResult":
+        """Everything before embedding; a FileResult when the file is done here (skipped or failed)."""
         t0 = time.perf_counter()
         if not is_supported(path):
             return FileResult(source, "skipped", f"unsupported file type {path.suffix or '(no extension)'!r}",
@@ -258,22 +285,26 @@ class _Ingester:
         t = self._timed("clean", t)
         chunks = self.splitter.split(cleaned)
         t = self._timed("split", t)
-        # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
-        new_chunks = [NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text,
-                               " ".join(search_tokens(passage_text(c.heading, c.text)))) for c in chunks]
-        t = self._timed("tokens", t)
         if not chunks:
             return FileResult(source, "failed", "no text left after cleaning", parsed.page_count,
                               seconds=time.perf_counter() - t0)
-        vectors, embedded = self._vectors(source, chunks)
+        # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
+        tokens = [" ".join(search_tokens(passage_text(c.heading, c.text))) for c in chunks]
+        self._timed("tokens", t)
+        return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks, tokens, t0)
+
+    def _store(self, writer, prepared: "_Prepared") -> FileResult:
+        t = time.perf_counter()
+        vectors, embedded = self._vectors(prepared.source, prepared.chunks)
         t = self._timed("embed", t)
-        writer.put_document(source, content_hash=digest, title=parsed.title, pages=parsed.page_count,
-                            chunks=new_chunks, vectors=vectors)
+        new_chunks = [NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text, tokens)
+                      for c, tokens in zip(prepared.chunks, prepared.tokens)]
+        writer.put_document(prepared.source, content_hash=prepared.digest, title=prepared.title,
+                            pages=prepared.pages, chunks=new_chunks, vectors=vectors)
         self._timed("store", t)
-        self.report.characters += sum(len(c.text) for c in chunks)
-        status: FileStatus = "updated" if previous is not None else "added"
-        return FileResult(source, status, "", parsed.page_count, len(chunks), embedded,
-                          seconds=time.perf_counter() - t0)
+        self.report.characters += sum(len(c.text) for c in prepared.chunks)
+        return FileResult(prepared.source, "updated" if prepared.replaces else "added", "", prepared.pages,
+                          len(prepared.chunks), embedded, seconds=time.perf_counter() - prepared.started)
 
     def _vectors(self, source: str, chunks: list[TextChunk]) -> tuple[np.ndarray, int]:
         """Vectors for the chunks: reused for text+heading unchanged since the stored version, else embedded."""
@@ -316,6 +347,7 @@ def ingest_files(paths: Iterable[str | os.PathLike], settings: Settings, *, kb_p
 
 
 def _ingest(files, settings: Settings, kb_path, *, prune_missing: bool, progress) -> IngestReport:
+    began = time.perf_counter()
     path = Path(kb_path) if kb_path is not None else settings.kb_path
     embedder = _LazyEmbedder(settings)
     kb = open_or_create_kb(settings, path, embedder=None if KnowledgeBase.exists(path) else embedder.get())
@@ -324,7 +356,9 @@ def _ingest(files, settings: Settings, kb_path, *, prune_missing: bool, progress
         ingester = _Ingester(kb, settings, embedder, progress)
         present = {source for source, _ in files}
         gone = sorted(s for s in ingester.stored if s not in present) if prune_missing else []
-        return ingester.run(files, gone)
+        report = ingester.run(files, gone)
+        report.seconds = time.perf_counter() - began
+        return report
     finally:
         kb.close()
 
