@@ -1,0 +1,239 @@
+"""End-to-end ingest with the real default embedder on small subsets of ../shared/eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.clean import clean_document
+from ingest.parse import parse_file
+from ingest.pipeline import delete_document, ingest_files, ingest_folder, passage_text
+from ingest.split import split_document
+from kbcore.config import load_settings
+from kbcore.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseBusyError, NewChunk
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+NOTE = """# 采购须知
+
+本须知说明单位内部采购的基本流程。
+
+## 申请
+
+采购申请由使用部门填写，写明品名、数量和预算金额。金额超过五万元的申请需要分管领导签字。
+
+## 验收
+
+货物到达后三日内，由使用部门和资产管理员共同验收。验收不合格的货物应当在七日内退回供应商。
+"""
+OLD_SENTENCE = "货物到达后三日内，由使用部门和资产管理员共同验收。"
+NEW_SENTENCE = "货物到达后五个工作日内，由质检小组出具书面验收报告。"
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings(env={}, use_default_file=False)
+
+
+@pytest.fixture(scope="module")
+def embedder(settings):
+    from kbcore.embedding import load_embedder
+
+    return load_embedder(settings.embedding, settings.cache_dir)
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.pop("KBCHAT_CONFIG", None)
+    return env
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingest", *args], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _texts_found(kb: KnowledgeBase, embedder, query: str, k: int = 10) -> list[str]:
+    hits = kb.dense_search(embedder.embed_query(query), k=k)
+    return [c.text for c in kb.get_chunks([i for i, _ in hits]).values()]
+
+
+def test_reingest_update_prune_delete(tmp_path, eval_dir, settings, embedder):
+    docs, kb_path = tmp_path / "docs", tmp_path / "kb"
+    docs.mkdir()
+    shutil.copy(eval_dir / "docs" / "zfcg-xinxi-fabu-guanli-banfa.pdf", docs / "信息发布.pdf")
+    (docs / "notes").mkdir()
+    (docs / "notes" / "须知.md").write_text(NOTE, encoding="utf-8")
+
+    first = ingest_folder(docs, settings, kb_path=kb_path)
+    assert sorted((r.source, r.status) for r in first.results) == [("notes/须知.md", "added"), ("信息发布.pdf", "added")]
+    assert first.chunks_embedded == first.chunks > 5
+    kb = KnowledgeBase(kb_path)
+    assert kb.embedding_model == embedder.model_id
+    ids, vectors = kb.vectors()
+    generation = kb.generation
+    pdf_chunks = kb.chunks("信息发布.pdf")
+    assert pdf_chunks[0].heading.startswith("政府采购信息发布管理办法")
+    assert all(1 <= c.page_start <= c.page_end <= 2 for c in pdf_chunks)
+
+    # Unchanged: nothing parsed, nothing embedded, nothing written.
+    again = ingest_folder(docs, settings, kb_path=kb_path)
+    assert [r.status for r in again.results] == ["skipped", "skipped"]
+    assert again.chunks_embedded == 0 and again.stage_seconds["embed"] == 0 and again.stage_seconds["parse"] == 0
+    assert again.pages == first.pages and again.chunks == first.chunks
+    ids2, vectors2 = kb.vectors()
+    assert np.array_equal(ids, ids2) and np.array_equal(vectors, vectors2) and kb.generation == generation
+
+    # Changed: the file's chunks are replaced; only the changed chunk is embedded again.
+    assert any(OLD_SENTENCE in t for t in _texts_found(kb, embedder, OLD_SENTENCE))
+    (docs / "notes" / "须知.md").write_text(NOTE.replace(OLD_SENTENCE, NEW_SENTENCE), encoding="utf-8")
+    changed = ingest_folder(docs, settings, kb_path=kb_path)
+    by_source = {r.source: r for r in changed.results}
+    assert by_source["notes/须知.md"].status == "updated" and by_source["信息发布.pdf"].status == "skipped"
+    assert 1 <= by_source["notes/须知.md"].embedded < by_source["notes/须知.md"].chunks
+    note_texts = [c.text for c in kb.chunks("notes/须知.md")]
+    assert not any(OLD_SENTENCE in t for t in note_texts) and any(NEW_SENTENCE in t for t in note_texts)
+    assert not any(OLD_SENTENCE in t for t in _texts_found(kb, embedder, OLD_SENTENCE, k=50))
+    assert [c.id for c in kb.chunks("信息发布.pdf")] == [c.id for c in pdf_chunks]
+
+    # Gone from the folder: kept without --prune, deleted with it.
+    (docs / "notes" / "须知.md").unlink()
+    kept = ingest_folder(docs, settings, kb_path=kb_path)
+    assert [d.source for d in kb.documents()] == ["notes/须知.md", "信息发布.pdf"] and kept.count("deleted") == 0
+    pruned = ingest_folder(docs, settings, kb_path=kb_path, prune=True)
+    assert [(r.source, r.status) for r in pruned.results if r.status == "deleted"] == [("notes/须知.md", "deleted")]
+    assert [d.source for d in kb.documents()] == ["信息发布.pdf"]
+    assert not any("质检小组" in t for t in _texts_found(kb, embedder, NEW_SENTENCE, k=50))
+
+    # Uploads: the file name is the source key. Then delete one document by name.
+    upload = tmp_path / "上传.md"
+    upload.write_text(NOTE, encoding="utf-8")
+    uploaded = ingest_files([upload], settings, kb_path=kb_path)
+    assert [(r.source, r.status) for r in uploaded.results] == [("上传.md", "added")]
+    assert uploaded.chunks_embedded == uploaded.chunks > 0
+    assert delete_document(kb_path, "上传.md") and not delete_document(kb_path, "上传.md")
+    assert not any(OLD_SENTENCE in t for t in _texts_found(kb, embedder, OLD_SENTENCE, k=50))
+    kb.close()
+
+
+def test_bad_files_fail_one_by_one_and_exit_status_says_so(tmp_path, eval_dir, settings):
+    docs, kb_path = tmp_path / "docs", tmp_path / "kb"
+    shutil.copytree(eval_dir / "bad", docs)
+    shutil.copy(eval_dir / "docs" / "zfcg-xinxi-fabu-guanli-banfa.pdf", docs / "good.pdf")
+    (docs / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    run = _cli(str(docs), "--kb", str(kb_path), "--json", "--quiet")
+    assert run.returncode == 1, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (summary["files_added"], summary["files_failed"], summary["files_skipped"]) == (1, 5, 1)
+    assert summary["pages"] == 2 and summary["chunks"] > 0
+    reasons = {f["source"]: f["reason"] for f in summary["failures"]}
+    assert set(reasons) == {"empty.pdf", "truncated.pdf", "not-a-pdf.pdf", "encrypted.pdf", "scanned-image-only.pdf"}
+    assert "password" in reasons["encrypted.pdf"] and "OCR" in reasons["scanned-image-only.pdf"]
+    for name in reasons:
+        assert f"FAILED {name}: " in run.stdout  # the summary table names each failure
+    assert [d.source for d in KnowledgeBase(kb_path, readonly=True).documents()] == ["good.pdf"]
+
+
+def test_killed_ingest_leaves_a_usable_knowledge_base(tmp_path, eval_dir, settings, embedder):
+    docs, kb_path = tmp_path / "docs", tmp_path / "kb"
+    docs.mkdir()
+    for n, name in enumerate(["zfcg-xinxi-fabu-guanli-banfa.pdf", "zhengfu-caigou-fa.pdf",
+                              "zhaobiao-toubiao-fa.pdf", "zfcg-xuqiu-guanli-banfa.pdf"]):
+        shutil.copy(eval_dir / "docs" / name, docs / f"{n}-{name}")
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", str(docs), "--kb", str(kb_path), "--quiet"],
+                            cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (kb_path / "kb.sqlite").exists():
+                with sqlite3.connect(f"file:{kb_path / 'kb.sqlite'}?mode=ro", uri=True) as db:
+                    try:
+                        if db.execute("SELECT COUNT(*) FROM documents").fetchone()[0] >= 1:
+                            break
+                    except sqlite3.OperationalError:
+                        pass
+            time.sleep(0.05)
+        assert proc.poll() is None, "the ingest finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    kb = KnowledgeBase(kb_path)
+    stored = kb.documents()
+    assert 1 <= len(stored) < 4
+    for doc in stored:  # every stored document is whole
+        assert len(kb.chunks(doc.source)) == doc.chunks > 0
+    hits = kb.dense_search(embedder.embed_query("政府采购信息发布"), k=3)
+    assert hits and all(i in kb.get_chunks([i for i, _ in hits]) for i, _ in hits)
+    kb.close()
+
+    resumed = ingest_folder(docs, settings, kb_path=kb_path)
+    assert resumed.count("skipped") == len(stored) and resumed.count("added") == 4 - len(stored)
+    kb = KnowledgeBase(kb_path)
+    assert len(kb.documents()) == 4 and kb.chunk_count() == sum(d.chunks for d in kb.documents())
+    kb.close()
+
+
+def test_a_second_writer_is_refused(tmp_path, eval_dir, settings, embedder):
+    docs, kb_path = tmp_path / "docs", tmp_path / "kb"
+    docs.mkdir()
+    shutil.copy(eval_dir / "docs" / "zfcg-xinxi-fabu-guanli-banfa.pdf", docs)
+    kb = KnowledgeBase.create(kb_path, embedding_model=embedder.model_id, dimension=embedder.dimension)
+    with kb.writer():
+        with pytest.raises(KnowledgeBaseBusyError):
+            ingest_folder(docs, settings, kb_path=kb_path)
+        run = _cli(str(docs), "--kb", str(kb_path), "--quiet")
+        assert run.returncode == 2 and "being written" in run.stderr
+    assert kb.documents() == []
+    kb.close()
+
+
+def test_embedding_mismatch_then_rebuild(tmp_path, settings, embedder):
+    """A knowledge base recorded with another model (8-d vectors) refuses new embeddings; --rebuild
+    re-embeds its stored text with the configured model, after which ingest works again."""
+    kb_path, docs = tmp_path / "kb", tmp_path / "docs"
+    docs.mkdir()
+    (docs / "须知.md").write_text(NOTE, encoding="utf-8")
+    chunks = split_document(clean_document(parse_file(docs / "须知.md")), 300, 50)
+    assert len(chunks) == 3
+    kb = KnowledgeBase.create(kb_path, embedding_model="older-model", dimension=8)
+    with kb.writer() as w:
+        w.put_document("旧.md", content_hash="0", title="采购须知", pages=1,
+                       chunks=[NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text) for c in chunks],
+                       vectors=np.random.default_rng(0).normal(size=(len(chunks), 8)).astype("float32"))
+    kb.close()
+
+    with pytest.raises(EmbeddingMismatchError, match="--rebuild"):
+        ingest_folder(docs, settings, kb_path=kb_path)
+    run = _cli(str(docs), "--kb", str(kb_path), "--quiet")
+    assert run.returncode == 2 and "older-model" in run.stderr and "--rebuild" in run.stderr
+
+    run = _cli("--rebuild", "--kb", str(kb_path), "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"rebuilt_chunks": len(chunks)}
+    kb = KnowledgeBase(kb_path)
+    assert (kb.embedding_model, kb.dimension) == (embedder.model_id, embedder.dimension)
+    stored = kb.chunks("旧.md")
+    _, vectors = kb.vectors()
+    expected = embedder.embed_passages([passage_text(c.heading, c.text) for c in stored])
+    assert np.allclose(vectors, expected, atol=1e-4)
+    top = kb.dense_search(embedder.embed_query("金额超过五万元需要谁签字？"), k=1)
+    assert "五万元" in kb.get_chunks([top[0][0]])[top[0][0]].text
+    kb.close()
+
+    report = ingest_folder(docs, settings, kb_path=kb_path)
+    assert report.count("added") == 1 and report.chunks_embedded == report.chunks == len(chunks)
