@@ -62,6 +62,23 @@ class _ProgressBar:
             self.bar.close()
 
 
+def _rebuild_bar(enabled: bool):
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if not enabled:
+            return
+        if "bar" not in state:
+            from tqdm import tqdm
+
+            state["bar"] = tqdm(total=total, unit="chunk", desc="re-embedding", file=sys.stderr)
+        state["bar"].update(done - state["bar"].n)
+        if done >= total:
+            state["bar"].close()
+
+    return update
+
+
 def format_summary(report: IngestReport) -> str:
     s = report.summary()
     rows = [("files added", s["files_added"]), ("files updated", s["files_updated"]),
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                  ensure_ascii=False))
             return 2 if missing else 0
         if args.rebuild:
-            count = rebuild(kb_path, settings)
+            count = rebuild(kb_path, settings, progress=_rebuild_bar(enabled=not args.quiet))
             print(f"re-embedded {count} chunks in {kb_path}", file=sys.stderr)
             if args.docs is None:
                 if args.json:

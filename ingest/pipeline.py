@@ -62,6 +62,9 @@ class FileResult:
 
 @dataclass
 class IngestReport:
+    """What one ingest did. ``seconds`` is the wall-clock time of the whole call; ``stage_seconds`` splits
+    the work by stage (text stages run beside embedding in a helper thread, so they may overlap)."""
+
     kb_path: Path
     results: list[FileResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -375,7 +378,7 @@ def delete_document(kb: KnowledgeBase | str | os.PathLike, source: str) -> bool:
             kb.close()
 
 
-def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int = 256,
+def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int = 64,
             progress: Callable[[int, int], None] | None = None) -> int:
     """Re-embed every stored chunk with the configured embedder (no re-parsing) and record that model.
     Returns the number of chunks re-embedded."""
@@ -387,6 +390,8 @@ def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int =
         with kb.writer() as writer:
             chunks = kb.chunks()
             vectors: dict[int, np.ndarray] = {}
+            if progress:
+                progress(0, len(chunks))
             for start in range(0, len(chunks), batch_size):
                 part = chunks[start:start + batch_size]
                 embedded = embedder.embed_passages([passage_text(c.heading, c.text) for c in part])
