@@ -88,6 +88,7 @@ def format_summary(report: IngestReport) -> str:
     rows += [(f"  {stage} s", f"{report.stage_seconds[stage]:.2f}") for stage in STAGES]
     width = max(len(k) for k, _ in rows)
     lines = [f"knowledge base: {report.kb_path}"] + [f"{k:<{width}}  {v:>8}" for k, v in rows]
+    lines += [f"note: {note}" for note in report.notes]
     for r in report.failures:
         lines.append(f"FAILED {r.source}: {r.reason}")
     unsupported = [r for r in report.results if r.status == "skipped" and r.reason != "unchanged"]

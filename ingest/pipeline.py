@@ -70,6 +70,7 @@ class IngestReport:
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     seconds: float = 0.0
     characters: int = 0  # characters of chunk text produced by this run (added and updated files)
+    notes: list[str] = field(default_factory=list)  # things the user should know about the whole run
 
     def count(self, status: FileStatus) -> int:
         return sum(r.status == status for r in self.results)
@@ -102,6 +103,7 @@ class IngestReport:
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "kb": str(self.kb_path),
             "failures": [{"source": r.source, "reason": r.reason} for r in self.failures],
+            "notes": list(self.notes),
         }
 
 
@@ -205,6 +207,7 @@ class _Prepared:
     chunks: list[TextChunk]
     tokens: list[str]
     started: float
+    reason: str = ""
 
 
 class _Ingester:
@@ -219,6 +222,14 @@ class _Ingester:
         self.progress = progress or (lambda *_: None)
         self.report = IngestReport(kb.path)
         self.stored = {d.source: d for d in kb.documents()}
+        # Chunks made under other chunk settings (or an older splitter or tokeniser) are redone even for
+        # unchanged files; their vectors are reused wherever heading and text come out the same.
+        recorded, wanted = kb.settings(), kb_settings_record(settings)
+        self.changed_settings = {k: (recorded[k], v) for k, v in wanted.items() if k in recorded and recorded[k] != v}
+        if self.changed_settings:
+            was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in self.changed_settings.items())
+            self.report.notes.append(f"chunking changed since this knowledge base was built ({was}): "
+                                     f"every document is split again")
         self._stage_lock = threading.Lock()
 
     def _timed(self, stage: str, started: float) -> float:
@@ -257,6 +268,9 @@ class _Ingester:
                 self.report.results.append(result)
                 self.progress(n + 1, total, source, result)
             started = time.perf_counter()
+            set_settings = getattr(writer, "set_settings", None)  # not in every kbcore version yet
+            if self.changed_settings and set_settings is not None and not self.report.failures:
+                set_settings({k: new for k, (_old, new) in self.changed_settings.items()})
         self._timed("store", started)  # the search index is rewritten when the writer closes
         return self.report
 
@@ -274,7 +288,7 @@ class _Ingester:
                               seconds=time.perf_counter() - t0)
         previous = self.stored.get(source)
         t = self._timed("scan", t0)
-        if previous is not None and previous.content_hash == digest:
+        if previous is not None and previous.content_hash == digest and not self.changed_settings:
             return FileResult(source, "skipped", "unchanged", previous.pages, previous.chunks,
                               seconds=time.perf_counter() - t0)
         try:
@@ -294,7 +308,9 @@ class _Ingester:
         # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
         tokens = [" ".join(search_tokens(passage_text(c.heading, c.text))) for c in chunks]
         self._timed("tokens", t)
-        return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks, tokens, t0)
+        same_bytes = previous is not None and previous.content_hash == digest
+        return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks, tokens, t0,
+                         "unchanged file, split again because chunking changed" if same_bytes else "")
 
     def _store(self, writer, prepared: "_Prepared") -> FileResult:
         t = time.perf_counter()
@@ -306,8 +322,9 @@ class _Ingester:
                             pages=prepared.pages, chunks=new_chunks, vectors=vectors)
         self._timed("store", t)
         self.report.characters += sum(len(c.text) for c in prepared.chunks)
-        return FileResult(prepared.source, "updated" if prepared.replaces else "added", "", prepared.pages,
-                          len(prepared.chunks), embedded, seconds=time.perf_counter() - prepared.started)
+        status: FileStatus = "updated" if prepared.replaces else "added"
+        return FileResult(prepared.source, status, prepared.reason, prepared.pages, len(prepared.chunks), embedded,
+                          seconds=time.perf_counter() - prepared.started)
 
     def _vectors(self, source: str, chunks: list[TextChunk]) -> tuple[np.ndarray, int]:
         """Vectors for the chunks: reused for text+heading unchanged since the stored version, else embedded."""

@@ -238,3 +238,21 @@ def test_embedding_mismatch_then_rebuild(tmp_path, settings, embedder):
 
     report = ingest_folder(docs, settings, kb_path=kb_path)
     assert report.count("added") == 1 and report.chunks_embedded == report.chunks == len(chunks)
+
+
+def test_changed_chunk_settings_split_unchanged_files_again(tmp_path, settings):
+    docs, kb_path = tmp_path / "docs", tmp_path / "kb"
+    docs.mkdir()
+    (docs / "须知.md").write_text(NOTE * 3, encoding="utf-8")
+    first = ingest_folder(docs, settings, kb_path=kb_path)
+    smaller = settings.with_overrides(chunking={"chunk_size": 30, "chunk_overlap": 5})
+    resplit = ingest_folder(docs, smaller, kb_path=kb_path)
+    assert resplit.results[0].status == "updated" and "chunking changed" in resplit.results[0].reason
+    assert resplit.notes and "chunk_size 300 -> 30" in resplit.notes[0]
+    assert resplit.chunks > first.chunks and 0 < resplit.chunks_embedded <= resplit.chunks
+    kb = KnowledgeBase(kb_path)
+    assert all(len(c.text) <= 30 for c in kb.chunks("须知.md"))
+    kb.close()
+    # Splitting the same way again needs no embedding (and none at all once the kb records the new settings).
+    again = ingest_folder(docs, smaller, kb_path=kb_path)
+    assert again.chunks_embedded == 0 and again.results[0].status in ("updated", "skipped")
