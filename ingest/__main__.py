@@ -39,7 +39,13 @@ class _ProgressBar:
     def __init__(self, enabled: bool):
         self.bar = None
         self.enabled = enabled
-        self.pages = self.chunks = 0
+        self.pages = self.chunks = self.embedded = 0
+
+    def embedded_some(self, n: int) -> None:
+        """Keeps the bar moving while a long document is embedded."""
+        self.embedded += n
+        if self.bar is not None:
+            self.bar.set_postfix(pages=self.pages, chunks=self.chunks, embedded=self.embedded)
 
     def __call__(self, done: int, total: int, source: str, result: FileResult | None) -> None:
         if not self.enabled:
@@ -53,7 +59,7 @@ class _ProgressBar:
             return
         self.pages += result.pages
         self.chunks += result.chunks
-        self.bar.set_postfix(pages=self.pages, chunks=self.chunks, refresh=False)
+        self.bar.set_postfix(pages=self.pages, chunks=self.chunks, embedded=self.embedded, refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         bar = _ProgressBar(enabled=not args.quiet)
         try:
-            report = ingest_folder(args.docs, settings, kb_path=kb_path, prune=args.prune, progress=bar)
+            report = ingest_folder(args.docs, settings, kb_path=kb_path, prune=args.prune, progress=bar,
+                                   on_embedded=bar.embedded_some)
         finally:
             bar.close()
     except EmbeddingMismatchError as exc:

@@ -39,13 +39,16 @@ from kbcore.store import KnowledgeBase, NewChunk, text_hash
 from kbcore.text import TOKENIZER_VERSION, search_tokens
 
 FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
-STAGES = ("scan", "parse", "clean", "split", "tokens", "embed", "store")
+STAGES = ("scan", "parse", "clean", "split", "tokens", "model", "embed", "store")  # model = loading the embedder
 # Bump when parsing, cleaning or splitting changes what is stored for the same file.
 INGEST_VERSION = "1"
 
 # progress(files_done, files_total, source, result): called with result=None when a file starts and with its
 # FileResult when it is done (files_done then counts it). Deletions by prune are reported the same way.
 ProgressCallback = Callable[[int, int, str, "FileResult | None"], None]
+# on_embedded(n): called after each slice of n chunks is embedded (a long PDF takes a while).
+EmbeddedCallback = Callable[[int], None]
+EMBED_SLICE = 128
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,15 @@ class _LazyEmbedder:
         self.settings = settings
         self.kb = kb
         self._embedder = None
+        self.load_seconds = 0.0
 
     def get(self):
         if self._embedder is None:
             from kbcore.embedding import load_embedder
 
+            started = time.perf_counter()
             self._embedder = load_embedder(self.settings.embedding, self.settings.cache_dir)
+            self.load_seconds = time.perf_counter() - started
             if self.kb is not None:
                 self.kb.check_embedding(self._embedder.model_id, self._embedder.dimension)
         return self._embedder
@@ -214,12 +220,13 @@ class _Ingester:
     """One ingest run over a list of (source, path) pairs, holding the write lock throughout."""
 
     def __init__(self, kb: KnowledgeBase, settings: Settings, embedder: _LazyEmbedder,
-                 progress: ProgressCallback | None):
+                 progress: ProgressCallback | None, on_embedded: EmbeddedCallback | None = None):
         self.kb = kb
         self.settings = settings
         self.embedder = embedder
         self.splitter = ChineseTextSplitter(settings.chunking.chunk_size, settings.chunking.chunk_overlap)
         self.progress = progress or (lambda *_: None)
+        self.on_embedded = on_embedded or (lambda _n: None)
         self.report = IngestReport(kb.path)
         self.stored = {d.source: d for d in kb.documents()}
         # Chunks made under other chunk settings (or an older splitter or tokeniser) are redone even for
@@ -338,46 +345,55 @@ class _Ingester:
         dim = embedder.dimension if embedder is not None else self.kb.dimension
         vectors = np.empty((len(chunks), dim), dtype=np.float32)
         for i, c in enumerate(chunks):
-            if i not in todo:
+            if text_hash(c.text) in reusable:
                 vectors[i] = reusable[text_hash(c.text)]
-        if todo:
-            vectors[todo] = embedder.embed_passages([passage_text(chunks[i].heading, chunks[i].text) for i in todo])
+        # Large slices let the embedder sort by length and pad little; slicing at all keeps progress moving.
+        for start in range(0, len(todo), EMBED_SLICE):
+            part = todo[start:start + EMBED_SLICE]
+            vectors[part] = embedder.embed_passages([passage_text(chunks[i].heading, chunks[i].text) for i in part])
+            self.on_embedded(len(part))
         return vectors, len(todo)
 
 
 def ingest_folder(folder: str | os.PathLike, settings: Settings, *, kb_path: str | os.PathLike | None = None,
-                  prune: bool = False, progress: ProgressCallback | None = None) -> IngestReport:
+                  prune: bool = False, progress: ProgressCallback | None = None,
+                  on_embedded: EmbeddedCallback | None = None) -> IngestReport:
     """Ingest every supported file under ``folder``; see the module docstring for what happens to each."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
     files = [(p.relative_to(folder).as_posix(), p) for p in _walk(folder)]
-    return _ingest(files, settings, kb_path, prune_missing=prune, progress=progress)
+    return _ingest(files, settings, kb_path, prune_missing=prune, progress=progress, on_embedded=on_embedded)
 
 
 def ingest_files(paths: Iterable[str | os.PathLike], settings: Settings, *, kb_path: str | os.PathLike | None = None,
-                 root: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> IngestReport:
+                 root: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+                 on_embedded: EmbeddedCallback | None = None) -> IngestReport:
     """Ingest the given files (e.g. uploads). A file's source key is its path relative to ``root``, or its
     file name when no root is given."""
     files = []
     for p in map(Path, paths):
         source = p.resolve().relative_to(Path(root).resolve()).as_posix() if root is not None else p.name
         files.append((source, p))
-    return _ingest(files, settings, kb_path, prune_missing=False, progress=progress)
+    return _ingest(files, settings, kb_path, prune_missing=False, progress=progress, on_embedded=on_embedded)
 
 
-def _ingest(files, settings: Settings, kb_path, *, prune_missing: bool, progress) -> IngestReport:
+def _ingest(files, settings: Settings, kb_path, *, prune_missing: bool, progress, on_embedded=None) -> IngestReport:
     began = time.perf_counter()
     path = Path(kb_path) if kb_path is not None else settings.kb_path
     embedder = _LazyEmbedder(settings)
     kb = open_or_create_kb(settings, path, embedder=None if KnowledgeBase.exists(path) else embedder.get())
     embedder.kb = kb
     try:
-        ingester = _Ingester(kb, settings, embedder, progress)
+        ingester = _Ingester(kb, settings, embedder, progress, on_embedded)
         present = {source for source, _ in files}
         gone = sorted(s for s in ingester.stored if s not in present) if prune_missing else []
+        loaded_before = embedder.load_seconds
         report = ingester.run(files, gone)
         report.seconds = time.perf_counter() - began
+        # A model loaded on first use was timed inside "embed"; show it as its own stage.
+        report.stage_seconds["embed"] -= embedder.load_seconds - loaded_before
+        report.stage_seconds["model"] = embedder.load_seconds
         return report
     finally:
         kb.close()
@@ -421,5 +437,6 @@ def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int =
         kb.close()
 
 
-__all__ = ["FileResult", "IngestReport", "FileStatus", "ProgressCallback", "ingest_folder", "ingest_files",
-           "delete_document", "rebuild", "open_or_create_kb", "passage_text", "content_hash", "STAGES"]
+__all__ = ["FileResult", "IngestReport", "FileStatus", "ProgressCallback", "EmbeddedCallback", "ingest_folder",
+           "ingest_files", "delete_document", "rebuild", "open_or_create_kb", "passage_text", "content_hash",
+           "STAGES"]
