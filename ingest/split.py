@@ -179,7 +179,8 @@ class ChineseTextSplitter:
     def split(self, doc: CleanDocument) -> list[TextChunk]:
         spans: list[tuple[int, int, tuple[str, ...]]] = []
         carried: int | None = None  # start of a heading line that had no text of its own
-        for section in _sections(doc):
+        sections = _sections(doc)
+        for section in sections:
             start = section.start if carried is None else carried
             if not doc.text[section.body_start:section.end].strip():
                 carried = start
@@ -187,7 +188,7 @@ class ChineseTextSplitter:
             carried = None
             spans.extend((a, b, section.path) for a, b in self._pack(doc.text, start, section.body_start, section.end))
         if carried is not None and doc.text[carried:].strip():
-            spans.append((carried, len(doc.text), _sections(doc)[-1].path))
+            spans.append((carried, len(doc.text), sections[-1].path))
         chunks = []
         for a, b, path in spans:
             raw = doc.text[a:b]

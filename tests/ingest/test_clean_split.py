@@ -130,3 +130,16 @@ def test_long_paragraph_splits_at_sentences_with_overlap():
     assert overlapping >= len(chunks) - 2  # each chunk repeats the last sentence before it (not at the page's line)
     assert chunks[0].page_start == 1 and chunks[-1].page_end == 2
     assert [c.page_start for c in chunks] == sorted(c.page_start for c in chunks)
+
+
+def test_markdown_sections_give_heading_paths(tmp_path):
+    md = tmp_path / "须知.md"
+    md.write_text("# 采购须知\n\n总体说明。\n\n## 申请\n\n申请由使用部门填写。\n\n## 验收\n\n### 期限\n\n三日内验收。\n",
+                  encoding="utf-8")
+    chunks = split_document(clean_document(parse_file(md)), 300, 50)
+    assert [(c.heading, c.text) for c in chunks] == [
+        ("采购须知", "采购须知\n总体说明。"),
+        ("采购须知 > 申请", "申请\n申请由使用部门填写。"),
+        # "验收" has no text of its own, so its heading line joins its first subsection's chunk.
+        ("采购须知 > 验收 > 期限", "验收\n期限\n三日内验收。"),
+    ]
