@@ -1,0 +1,183 @@
+"""Drive the real Streamlit app with ``AppTest``: knowledge bases, ingest (good and bad files), documents,
+chat with streamed answers, "not in the documents", follow-ups, deletion.
+
+AppTest cannot drive ``st.file_uploader``; the app's "ingest from a path on this machine" box goes through the
+same save-and-ingest function as browser uploads, so that is what these tests use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.conftest import APP_FILE
+
+TIMEOUT = 300  # first ingest loads the embedder; the slow test loads the real LLM
+DOCS = "docs"
+PDF = "zfcg-xinxi-fabu-guanli-banfa.pdf"
+QUESTION = "同一条政府采购信息在不同媒体上发布的内容或时间不一致时，以哪里发布的为准？"
+UNRELATED = "What is the boiling point of mercury at sea level?"
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def show(at: AppTest, view: str) -> AppTest:
+    at.radio(key="view").set_value(view)
+    return run(at)
+
+
+def ingest_path(at: AppTest, path: Path) -> AppTest:
+    show(at, "Documents / 文档")
+    at.text_input(key="ingest_path").input(str(path))
+    run(at)
+    at.button(key="ingest_path_button").click()
+    return run(at)
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    show(at, "Chat / 问答")
+    at.chat_input(key="question").set_value(question)
+    return run(at)
+
+
+def results_table(at: AppTest) -> list[dict]:
+    """The per-file ingest results (the first table on the Documents view)."""
+    return at.dataframe[0].value.to_dict("records")
+
+
+def documents_table(at: AppTest) -> list[dict]:
+    return at.dataframe[-1].value.to_dict("records")
+
+
+def assistant_texts(at: AppTest) -> list[str]:
+    return [m.markdown[0].value for m in at.chat_message if m.name == "assistant" and len(m.markdown)]
+
+
+@pytest.fixture
+def app(app_env, tiny_llm_dir, monkeypatch):
+    monkeypatch.setenv("KBCHAT_LLM__MODEL", str(tiny_llm_dir))
+    monkeypatch.setenv("KBCHAT_LLM__QUANTIZATION", "fp32")
+    monkeypatch.setenv("KBCHAT_LLM__MAX_NEW_TOKENS", "8")
+    return run(AppTest.from_file(APP_FILE, default_timeout=TIMEOUT))
+
+
+def test_create_ingest_ask_bad_files_delete(app, app_env, eval_dir):
+    at = app
+    assert at.selectbox(key="kb_name").options == ["default"]
+    # The sidebar offers the configured (tiny) model next to the presets.
+    assert at.selectbox(key="model").value.endswith(Path(at.selectbox(key="model").value).name)
+
+    # Create a knowledge base: its name is sanitised and it becomes the current one.
+    at.text_input(key="new_kb_name").input("../My Docs!")
+    run(at)
+    at.button(key="create_kb").click()
+    run(at)
+    assert at.selectbox(key="kb_name").value == "My-Docs"
+    assert set(at.selectbox(key="kb_name").options) == {"default", "My-Docs"}
+    assert (app_env / "My-Docs" / "files").is_dir()
+    assert [p.name for p in app_env.parent.iterdir() if p.name not in ("kb", "kbchat.toml", "adapters")] == []
+
+    # Asking before anything is ingested says what to do instead of failing.
+    ask(at, QUESTION)
+    assert any("no documents yet" in w.value for w in at.warning)
+
+    # Ingest one real PDF: result row "added", the file stored inside the kb folder, the document listed.
+    ingest_path(at, eval_dir / DOCS / PDF)
+    rows = results_table(at)
+    assert [(r["file"], r["status"]) for r in rows] == [(PDF, "added")]
+    assert rows[0]["pages"] >= 1 and rows[0]["chunks"] >= 1
+    assert (app_env / "My-Docs" / "files" / PDF).is_file()
+    docs = documents_table(at)
+    assert [(d["source"], d["pages"], d["chunks"]) for d in docs] == [(PDF, rows[0]["pages"], rows[0]["chunks"])]
+
+    # The same file again is skipped as unchanged.
+    ingest_path(at, eval_dir / DOCS / PDF)
+    assert [(r["file"], r["status"], r["reason"]) for r in results_table(at)] == [(PDF, "skipped", "unchanged")]
+
+    # Bad files: each fails with its reason shown, nothing is added, and the app keeps working.
+    ingest_path(at, eval_dir / "bad")
+    bad = results_table(at)
+    assert {r["file"] for r in bad} == {p.name for p in (eval_dir / "bad").iterdir()}
+    assert all(r["status"] == "failed" and r["reason"] for r in bad), bad
+    errors = [e.value for e in at.error]
+    for r in bad:
+        assert f"{r['file']}: {r['reason']}" in errors
+    assert [d["source"] for d in documents_table(at)] == [PDF]
+
+    # A path that does not exist is an error message, not a crash.
+    ingest_path(at, eval_dir / "no-such-folder")
+    assert any("neither a file nor a folder" in e.value for e in at.error)
+
+    # Ask: the (random) model's streamed answer is shown and kept in the history.
+    ask(at, QUESTION)
+    answers = assistant_texts(at)
+    assert len(answers) == 1 and answers[0].strip()
+    assert not at.error
+
+    # Unrelated question: the honest "not in the documents" answer, no citations.
+    ask(at, UNRELATED)
+    answers = assistant_texts(at)
+    assert len(answers) == 2
+    assert "do not contain" in answers[1]
+    assert any("Not in the documents" in i.value for i in at.info)
+
+    # The conversation survives switching views; clearing empties it.
+    show(at, "Documents / 文档")
+    show(at, "Chat / 问答")
+    assert len(assistant_texts(at)) == 2
+    at.button(key="clear_chat").click()
+    run(at)
+    assert assistant_texts(at) == []
+
+    # Delete the document: the list empties and the stored upload is gone.
+    show(at, "Documents / 文档")
+    at.selectbox(key="delete_source").set_value(PDF)
+    at.button(key="delete_button").click()
+    run(at)
+    assert any(f"Deleted {PDF}" in s.value for s in at.success)
+    assert any("No documents yet" in i.value for i in at.info)
+    assert not (app_env / "My-Docs" / "files" / PDF).exists()
+
+
+def test_switching_knowledge_bases_keeps_chats_apart(app, app_env, eval_dir):
+    at = app
+    at.text_input(key="new_kb_name").input("法规 库")
+    run(at)
+    at.button(key="create_kb").click()
+    run(at)
+    assert at.selectbox(key="kb_name").value == "法规-库"
+    ingest_path(at, eval_dir / DOCS / PDF)
+    ask(at, UNRELATED)
+    assert len(assistant_texts(at)) == 1
+    at.selectbox(key="kb_name").set_value("default")
+    run(at)
+    assert assistant_texts(at) == []
+    show(at, "Documents / 文档")
+    assert any("No documents yet" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_real_model_answers_with_citation_and_follow_up(app_env, eval_dir, monkeypatch):
+    """The default model (NF4) answers from the ingested PDF and cites it with file and page; a follow-up
+    question in the same chat is answered too."""
+    monkeypatch.setenv("KBCHAT_LLM__MAX_NEW_TOKENS", "80")
+    monkeypatch.setenv("KBCHAT_LLM__TEMPERATURE", "0")
+    at = run(AppTest.from_file(APP_FILE, default_timeout=TIMEOUT))
+    ingest_path(at, eval_dir / DOCS / PDF)
+    ask(at, QUESTION)
+    answers = assistant_texts(at)
+    assert len(answers) == 1 and "中国政府采购网" in answers[0], answers
+    labels = [e.label for e in at.expander if e.label.startswith("[")]
+    assert labels and all(f"{PDF} · p" in label for label in labels), labels
+    snippets = [e.markdown[0].value for e in at.expander if e.label.startswith("[")]
+    assert all(s.startswith("> ") and len(s) > 10 for s in snippets)
+
+    ask(at, "那么信息发布应当遵循什么原则呢？")
+    assert len(assistant_texts(at)) == 2
+    assert not at.error
