@@ -1,0 +1,59 @@
+"""``python -m llm ask "问题" [--kb KB_DIR] [--adapter NAME] [--json]``
+
+Streams the answer, then lists its sources. With ``--json`` the last line is one JSON object:
+``{"answer", "found", "citations": [{"source", "pages", "snippet"}], "search_query"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kbcore.config import load_settings
+from kbcore.store import KnowledgeBaseError
+from llm.adapters import AdapterError
+from llm.models import ModelProvisionError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ask = sub.add_parser("ask", help="answer a question from a knowledge base, with citations")
+    ask.add_argument("question")
+    ask.add_argument("--kb", help="knowledge-base folder (default: the configured one)")
+    ask.add_argument("--adapter", help="adapter name under adapters/ or a path")
+    ask.add_argument("--model", help="model preset, Hugging Face id or local directory")
+    ask.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ask.add_argument("--config", help="TOML settings file")
+    args = parser.parse_args(argv)
+
+    from llm.answer import stream_answer
+
+    settings = load_settings(args.config)
+    overrides = {k: v for k, v in (("adapter", args.adapter), ("model", args.model)) if v}
+    if overrides:
+        settings = settings.with_overrides(llm=overrides)
+    try:
+        stream = stream_answer(args.question, settings=settings, kb=args.kb)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+    except (KnowledgeBaseError, AdapterError, ModelProvisionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = stream.answer
+    if result.citations:
+        print("\n来源 / Sources:")
+        for c in result.citations:
+            pages = ", ".join(map(str, c.pages))
+            print(f"  [{c.index}] {c.source} p. {pages}: {c.snippet[:80]}")
+    if args.json:
+        print(json.dumps({"answer": result.text, "found": result.found, "search_query": result.search_query,
+                          "citations": [{"source": c.source, "pages": c.pages, "snippet": c.snippet}
+                                        for c in result.citations]}, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Retrieval-augmented answers: retrieve, decide whether anything relevant was found, prompt, generate, cite.
+
+Why a relevance threshold rather than trusting the model: both small Qwen models make up answers when the
+context holds none, and a prompt strict enough to stop that makes them refuse everything. So the decision is
+taken before generation, on the best hit's dense cosine (``settings.llm.min_relevance``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, replace
+from typing import Iterator, Sequence
+
+from kbcore.config import Settings
+from kbcore.types import Answer, Citation, Hit
+from llm.citations import resolve_citations, supporting_passage
+from llm.models import LoadedModel, load_model
+from llm.prompts import NOT_FOUND, build_messages, language_of, render_prompt
+
+# Signs that a question leans on the previous turn: "and what about", pronouns, "this/that article", a trailing 呢.
+_FOLLOW_UP = re.compile(
+    r"^(那|那么|还有|另外|然后|再说|and\b|what about|how about)|它|上述|前者|后者|其中|[该这那此][条项款个些种]|"
+    r"呢[？?]?$|\b(it|its|they|them|those)\b", re.IGNORECASE)
+
+
+def standalone_question(question: str, history: Sequence[dict] | None, turns: int = 3) -> str:
+    """The question to search with. A follow-up ("那第二条呢？") is joined to the previous user question,
+    so retrieval sees the topic; a self-contained question is searched as it is.
+
+    >>> standalone_question("那第二条呢？", [{"role": "user", "content": "政府采购法第一条讲什么？"},
+    ...                                   {"role": "assistant", "content": "……"}])
+    '政府采购法第一条讲什么？ 那第二条呢？'
+    >>> standalone_question("招标投标法适用于哪些项目？", [{"role": "user", "content": "政府采购法第一条讲什么？"}])
+    '招标投标法适用于哪些项目？'
+    """
+    previous = [m["content"] for m in (history or []) if m.get("role") == "user"][-turns:]
+    q = question.strip()
+    if previous and _FOLLOW_UP.search(q):
+        return f"{previous[-1]} {q}"
+    return q
+
+
+@dataclass
+class Prepared:
+    question: str
+    search_query: str
+    hits: list[Hit]
+    passages: list[Hit]
+    prompt: str | None  # None: nothing relevant, answer "not found" without generating
+
+
+class Answerer:
+    """Answers questions over one retriever with one loaded model (both shared, both loaded once)."""
+
+    def __init__(self, settings: Settings, retriever, loaded: LoadedModel | None = None):
+        self.settings = settings
+        self.retriever = retriever
+        self._loaded = loaded
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = load_model(self.settings.llm, self.settings.cache_dir,
+                                      adapters_dir=self.settings.adapters_dir)
+        return self._loaded
+
+    # ------------------------------------------------------------ preparing the prompt
+    def prepare(self, question: str, history: Sequence[dict] | None = None, k: int | None = None) -> Prepared:
+        cfg = self.settings.llm
+        query = standalone_question(question, history, cfg.history_turns)
+        hits = self.retriever.search(query, k or self.settings.retrieval.top_k) if query else []
+        relevant = [h for h in hits if (h.dense if h.dense is not None else h.score) >= cfg.min_relevance]
+        if not relevant:
+            return Prepared(question, query, hits, [], None)
+        passages, prompt = self.fit_prompt(question, relevant, history)
+        return Prepared(question, query, hits, passages, prompt)
+
+    def fit_prompt(self, question: str, passages: list[Hit], history: Sequence[dict] | None
+                   ) -> tuple[list[Hit], str]:
+        """The prompt within ``max_prompt_tokens``: lowest-ranked passages go first, then the last kept one is
+        cut short, then old history turns; it never fails for length."""
+        tokenizer = self.loaded.tokenizer
+        budget = self.settings.llm.max_prompt_tokens
+        history = list(history or [])[-2 * self.settings.llm.history_turns:]
+
+        def size(hits, texts, hist) -> int:
+            return len(tokenizer(render_prompt(tokenizer, build_messages(question, hits, hist, texts)))["input_ids"])
+
+        texts = [h.text for h in passages]
+        while size(passages, texts, history) > budget and (len(passages) > 1 or history):
+            if history:
+                history = history[2:]
+            else:
+                passages, texts = passages[:-1], texts[:-1]
+        overflow = size(passages, texts, history) - budget
+        if overflow > 0:
+            ids = tokenizer(texts[-1], add_special_tokens=False)["input_ids"]
+            texts[-1] = tokenizer.decode(ids[: max(16, len(ids) - overflow - 8)]) + "…"
+        return passages, render_prompt(tokenizer, build_messages(question, passages, history, texts))
+
+    # ------------------------------------------------------------ generating
+    def _generate_kwargs(self, prompt: str) -> dict:
+        cfg = self.settings.llm
+        loaded = self.loaded
+        inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.model.device)
+        kwargs = dict(**inputs, max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
+                      pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id)
+        if cfg.temperature > 0:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=0.9)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def stream(self, question: str, history: Sequence[dict] | None = None, k: int | None = None) -> "AnswerStream":
+        return AnswerStream(self, self.prepare(question, history, k))
+
+    def answer(self, question: str, history: Sequence[dict] | None = None, k: int | None = None) -> Answer:
+        stream = self.stream(question, history, k)
+        for _ in stream:
+            pass
+        return stream.answer
+
+    def finish(self, prepared: Prepared, text: str) -> Answer:
+        language = language_of(prepared.question)
+        if prepared.prompt is None:
+            return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=prepared.question,
+                          search_query=prepared.search_query)
+        text = text.strip()
+        if not text or NOT_FOUND["zh"].rstrip("。") in text or NOT_FOUND["en"].rstrip(".") in text:
+            return Answer(text=text or NOT_FOUND[language], hits=prepared.hits, found=False,
+                          question=prepared.question, search_query=prepared.search_query)
+        text, citations = resolve_citations(text, prepared.passages)
+        if not citations and (best := supporting_passage(text, prepared.passages)) is not None:
+            # The model copied from a passage without marking it: attribute by overlap, never by guess.
+            _, citations = resolve_citations(f"[{best}]", prepared.passages)
+        return Answer(text=text, citations=citations, hits=prepared.hits, found=True, question=prepared.question,
+                      search_query=prepared.search_query)
+
+
+class AnswerStream:
+    """Iterate for text pieces as they are generated; ``answer`` holds the final ``Answer`` afterwards."""
+
+    def __init__(self, answerer: Answerer, prepared: Prepared):
+        self.answerer = answerer
+        self.prepared = prepared
+        self.answer: Answer | None = None
+        self.hits = prepared.hits
+
+    def __iter__(self) -> Iterator[str]:
+        if self.prepared.prompt is None:
+            self.answer = self.answerer.finish(self.prepared, "")
+            yield self.answer.text
+            return
+        from transformers import TextIteratorStreamer
+
+        loaded = self.answerer.loaded
+        streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self.answerer._generate_kwargs(self.prepared.prompt)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                loaded.model.generate(**kwargs, streamer=streamer)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        pieces: list[str] = []
+        for piece in streamer:
+            if piece:
+                pieces.append(piece)
+                yield piece
+        worker.join()
+        if errors:
+            raise errors[0]
+        self.answer = self.answerer.finish(self.prepared, "".join(pieces))
+
+
+_answerers: dict = {}
+
+
+def _answerer(settings: Settings, retriever=None, kb=None) -> Answerer:
+    if retriever is None:
+        from retrieval import open_retriever
+
+        key = (settings, str(kb))
+        if key not in _answerers:
+            _answerers[key] = Answerer(settings, open_retriever(settings, kb))
+        return _answerers[key]
+    return Answerer(settings, retriever)
+
+
+def answer(question: str, history: Sequence[dict] | None = None, *, settings: Settings, retriever=None,
+           kb=None) -> Answer:
+    """Answer ``question`` from the knowledge base (``retriever``, else ``kb`` path, else the configured one).
+    ``history`` is the chat so far: ``[{"role": "user"|"assistant", "content": ...}, ...]``."""
+    return _answerer(settings, retriever, kb).answer(question, history)
+
+
+def stream_answer(question: str, history: Sequence[dict] | None = None, *, settings: Settings, retriever=None,
+                  kb=None) -> AnswerStream:
+    """Like ``answer`` but returns an ``AnswerStream``: iterate it for text pieces, then read ``.answer``."""
+    return _answerer(settings, retriever, kb).stream(question, history)

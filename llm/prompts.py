@@ -1,0 +1,68 @@
+"""The grounded prompt: numbered passages, the question, and how to cite. Training uses the same builder.
+
+>>> from kbcore.types import Chunk, Hit
+>>> hit = Hit(Chunk(7, 1, "zhengfu-caigou-fa.pdf", 3, 2, 2, "政府采购法 > 第二章", "第二十二条 供应商……"), 0.9)
+>>> messages = build_messages("供应商要具备什么条件？", [hit])
+>>> print(messages[1]["content"])
+资料：
+[1] 《zhengfu-caigou-fa.pdf》第 2 页 · 政府采购法 > 第二章
+第二十二条 供应商……
+<BLANKLINE>
+问题：供应商要具备什么条件？
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from kbcore.types import Hit
+
+NOT_FOUND = {"zh": "文档中没有找到相关内容。", "en": "The documents do not contain an answer to this question."}
+
+SYSTEM = {
+    "zh": ("你是一个严谨的知识库问答助手。请根据下面编号的资料回答用户的问题，用简体中文作答，简洁准确。"
+           "在句末用方括号写出所依据资料的编号，例如：供应商应当具有良好的商业信誉[1]。"
+           "方括号只用于标注资料编号，列举时请用（1）（2）或 1. 2. 编号。"
+           f"如果资料里没有答案，就只回答：{NOT_FOUND['zh']}"),
+    "en": ("You are a careful assistant answering from a knowledge base. Answer the user's question from the "
+           "numbered passages below, briefly and precisely, in English. End each sentence with the number of the "
+           "passage it comes from in square brackets, e.g. 'Suppliers need a good business reputation [1].' Use "
+           f"square brackets only for passage numbers. If the passages do not contain the answer, reply only: {NOT_FOUND['en']}"),
+}
+LABELS = {"zh": ("资料：", "问题：", "第 {pages} 页"), "en": ("Passages:", "Question: ", "p. {pages}")}
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def language_of(text: str) -> str:
+    """"zh" when the text has any Chinese character, else "en"."""
+    return "zh" if _CJK.search(text or "") else "en"
+
+
+def page_label(pages: Sequence[int]) -> str:
+    return f"{pages[0]}" if len(pages) == 1 else f"{pages[0]}-{pages[-1]}"
+
+
+def format_passage(number: int, hit: Hit, language: str, text: str | None = None) -> str:
+    pages = LABELS[language][2].format(pages=page_label(hit.pages))
+    heading = f" · {hit.heading}" if hit.heading else ""
+    return f"[{number}] 《{hit.source}》{pages}{heading}\n{text if text is not None else hit.text}"
+
+
+def build_messages(question: str, passages: Sequence[Hit], history: Sequence[dict] | None = None,
+                   passage_texts: Sequence[str] | None = None) -> list[dict]:
+    """Chat messages for the model. ``passage_texts`` overrides the passages' text (after trimming)."""
+    language = language_of(question)
+    heading, ask, _ = LABELS[language]
+    texts = passage_texts if passage_texts is not None else [h.text for h in passages]
+    body = "\n\n".join(format_passage(i, h, language, t) for i, (h, t) in enumerate(zip(passages, texts), start=1))
+    messages = [{"role": "system", "content": SYSTEM[language]}]
+    messages += [{"role": m["role"], "content": m["content"]} for m in (history or [])]
+    messages.append({"role": "user", "content": f"{heading}\n{body}\n\n{ask}{question}"})
+    return messages
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt string the model sees, through its own chat template."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
