@@ -71,7 +71,8 @@ def sidebar(settings):
     try:
         from llm.adapters import list_adapters
 
-        adapters += [a.name for a in list_adapters(settings.adapters_dir)]
+        # The folder name, which is what the loader resolves (the metadata's name may differ).
+        adapters += [a.path.name for a in list_adapters(settings.adapters_dir)]
     except Exception as exc:  # a broken adapter folder must not take the app down
         sb.warning(f"Cannot list adapters in {settings.adapters_dir}: {exc}")
     if settings.llm.adapter and settings.llm.adapter not in adapters:
