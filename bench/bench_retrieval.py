@@ -32,7 +32,7 @@ EVAL = ROOT.parent / "shared" / "eval"
 
 
 def corpus_tokens(limit_pages: int = 200) -> list[list[str]]:
-    import fitz
+    import pymupdf as fitz
 
     pieces = []
     for pdf in sorted((EVAL / "docs").glob("*.pdf")):

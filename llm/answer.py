@@ -70,10 +70,10 @@ class Answerer:
         cfg = self.settings.llm
         query = standalone_question(question, history, cfg.history_turns)
         hits = self.retriever.search(query, k or self.settings.retrieval.top_k) if query else []
-        relevant = [h for h in hits if (h.dense if h.dense is not None else h.score) >= cfg.min_relevance]
-        if not relevant:
+        best = max((h.dense if h.dense is not None else h.score for h in hits), default=None)
+        if best is None or best < cfg.min_relevance:
             return Prepared(question, query, hits, [], None)
-        passages, prompt = self.fit_prompt(question, relevant, history)
+        passages, prompt = self.fit_prompt(question, list(hits), history)
         return Prepared(question, query, hits, passages, prompt)
 
     def fit_prompt(self, question: str, passages: list[Hit], history: Sequence[dict] | None

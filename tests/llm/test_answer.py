@@ -1,0 +1,115 @@
+"""Answer mechanics with a tiny random Qwen2 (prompting, trimming, streaming, threshold, follow-ups), and
+end-to-end answers from the real default model on the development corpus."""
+
+import pytest
+
+from kbcore.types import Chunk, Hit
+from llm.answer import Answerer, standalone_question
+from llm.citations import resolve_citations
+from llm.models import load_model
+from llm.prompts import NOT_FOUND, build_messages, render_prompt
+
+
+class FixedRetriever:
+    """Returns the given hits; lets mechanics tests control exactly what the answer stage sees."""
+
+    def __init__(self, hits):
+        self.hits = hits
+        self.queries = []
+
+    def search(self, question, k=None, **_):
+        self.queries.append(question)
+        return self.hits[:k]
+
+
+def hit(i, text, dense=0.95, source="a.pdf", pages=(2, 2)):
+    return Hit(Chunk(i, 1, source, i, pages[0], pages[1], "法 > 第二章", text), score=1.0 / i, dense=dense)
+
+
+@pytest.fixture(scope="module")
+def tiny(settings, tiny_model_dir):
+    tiny_settings = settings.with_overrides(llm={"model": str(tiny_model_dir), "quantization": "fp32",
+                                                 "max_new_tokens": 12})
+    return tiny_settings, load_model(tiny_settings.llm, tiny_settings.cache_dir)
+
+
+def test_prompt_numbers_passages_with_source_pages_and_keeps_history(tiny):
+    _, loaded = tiny
+    history = [{"role": "user", "content": "上一个问题"}, {"role": "assistant", "content": "上一个回答[1]"}]
+    messages = build_messages("供应商要什么条件？", [hit(1, "甲条文"), hit(2, "乙条文", pages=(3, 4))], history)
+    prompt = render_prompt(loaded.tokenizer, messages)
+    assert "[1] 《a.pdf》第 2 页 · 法 > 第二章\n甲条文" in prompt
+    assert "[2] 《a.pdf》第 3-4 页" in prompt
+    assert prompt.index("上一个回答") < prompt.index("供应商要什么条件")
+    assert prompt.rstrip().endswith("assistant")  # ends by opening the model's turn
+    english = build_messages("What is dpkg?", [hit(1, "dpkg 是……")])
+    assert "in English" in english[0]["content"] and english[1]["content"].startswith("Passages:")
+
+
+def test_long_passages_are_trimmed_to_the_token_cap_never_an_error(tiny):
+    tiny_settings, loaded = tiny
+    capped = tiny_settings.with_overrides(llm={"max_prompt_tokens": 400})
+    answerer = Answerer(capped, FixedRetriever([hit(i, f"第{i}条 " + "政府采购的规定内容。" * 60) for i in range(1, 6)]),
+                        loaded)
+    prepared = answerer.prepare("政府采购有哪些规定？")
+    assert len(loaded.tokenizer(prepared.prompt)["input_ids"]) <= 400
+    assert 1 <= len(prepared.passages) < 5
+    assert prepared.passages[0].chunk.id == 1  # the best-ranked passage is the one kept
+
+
+def test_streamed_pieces_make_up_the_final_answer(tiny):
+    tiny_settings, loaded = tiny
+    answerer = Answerer(tiny_settings, FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")]), loaded)
+    stream = answerer.stream("供应商应当具备什么条件？")
+    pieces = list(stream)
+    assert len(pieces) > 1
+    assert stream.answer.found
+    assert resolve_citations("".join(pieces).strip(), stream.prepared.passages)[0] == stream.answer.text
+    assert all(c.source == "a.pdf" for c in stream.answer.citations)
+
+
+def test_nothing_relevant_answers_not_found_without_generating(tiny):
+    tiny_settings, loaded = tiny
+
+    class NoModel:
+        def generate(self, **_):
+            raise AssertionError("the model must not run when nothing relevant was retrieved")
+
+    answerer = Answerer(tiny_settings, FixedRetriever([hit(1, "无关内容", dense=0.80)]),
+                        type(loaded)(NoModel(), loaded.tokenizer, "x", "x", "cpu"))
+    result = answerer.answer("法国的首都是哪里？")
+    assert not result.found and result.text == NOT_FOUND["zh"] and result.citations == []
+    assert answerer.answer("What is the capital of France?").text == NOT_FOUND["en"]
+    empty = Answerer(tiny_settings, FixedRetriever([]), loaded).answer("什么都没有？")
+    assert not empty.found
+
+
+def test_citations_to_missing_passages_are_dropped():
+    passages = [hit(1, "甲"), hit(2, "乙", pages=(5, 5))]
+    text, citations = resolve_citations("甲[1]，乙[2][9]，丙【3】。又见[1, 2]", passages)
+    assert text == "甲[1]，乙[2]，丙。又见[1][2]"
+    assert [(c.index, c.pages) for c in citations] == [(1, [2]), (2, [5])]
+
+
+@pytest.mark.slow
+def test_follow_up_retrieves_what_the_standalone_question_does(eval_retriever):
+    standalone = eval_retriever.search("招标投标法第二十三条规定了什么？", k=3)
+    history = [{"role": "user", "content": "招标投标法第二十二条规定了什么？"},
+               {"role": "assistant", "content": "招标人不得向他人透露已获取招标文件的潜在投标人的名称、数量……[1]"}]
+    follow_up = standalone_question("那第二十三条呢？", history)
+    assert "招标投标法" in follow_up
+    rewritten = eval_retriever.search(follow_up, k=3)
+    assert rewritten[0].source == standalone[0].source == "zhaobiao-toubiao-fa.pdf"
+    assert standalone_question("评审专家的劳务报酬由谁来支付？", history) == "评审专家的劳务报酬由谁来支付？"
+
+
+@pytest.mark.slow
+def test_real_model_answers_with_the_key_fact_and_cites_the_right_page(settings, eval_retriever):
+    quick = settings.with_overrides(llm={"max_new_tokens": 64}, retrieval={"top_k": 3})
+    answerer = Answerer(quick, eval_retriever)
+    result = answerer.answer("政府采购法规定，政府采购应当遵循哪些原则？")
+    assert result.found
+    assert "公开透明" in result.text
+    assert any(c.source == "zhengfu-caigou-fa.pdf" and 1 in c.pages for c in result.citations), result
+    absent = answerer.answer("法国的首都是哪里？")
+    assert not absent.found and absent.text == NOT_FOUND["zh"]
