@@ -275,9 +275,8 @@ class _Ingester:
                 self.report.results.append(result)
                 self.progress(n + 1, total, source, result)
             started = time.perf_counter()
-            set_settings = getattr(writer, "set_settings", None)  # not in every kbcore version yet
-            if self.changed_settings and set_settings is not None and not self.report.failures:
-                set_settings({k: new for k, (_old, new) in self.changed_settings.items()})
+            if self.changed_settings and not self.report.failures:
+                writer.set_settings({k: new for k, (_old, new) in self.changed_settings.items()})
         self._timed("store", started)  # the search index is rewritten when the writer closes
         return self.report
 

@@ -413,6 +413,12 @@ class KnowledgeBaseWriter:
             deleted = db.execute("DELETE FROM documents WHERE source = ?", (source,)).rowcount
         return deleted > 0
 
+    def set_settings(self, values: dict[str, str]) -> None:
+        """Record how the knowledge base is built (chunking, tokeniser, ...), in one transaction."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
+                           [(k, str(v)) for k, v in values.items()])
+
     def replace_vectors(self, model_id: str, dimension: int, vectors_by_id: dict[int, np.ndarray]) -> None:
         """Swap every chunk's vector and the recorded embedding model in one transaction (re-embedding)."""
         # Ids stay the same, so the id-set check could not tell old vectors from new: drop the index first.

@@ -7,6 +7,7 @@ about whether anything relevant was found at all.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import replace
 from typing import Protocol, Sequence
@@ -23,6 +24,32 @@ from retrieval.lexical import BM25Index
 
 # Questions longer than this are cut before tokenising: a pasted page should not cost seconds of BM25.
 MAX_QUERY_CHARS = 2000
+# A table of contents repeats every heading, so it matches heading-like questions better than the page that
+# answers them; such chunks keep this fraction of their score.
+CONTENTS_PENALTY = 0.25
+
+_CONTENTS_LINE = re.compile(
+    r"^\s*(\d+(\.\d+)*\.?|[ivxlc]+)\s*$"                     # a bare section or page number
+    r"|(\.{3,}|…{2,}|·{3,}|-{3,}|\s{2,})\s*\d{1,4}\s*$"          # dot leaders then a page number
+    r"|^\s*(第.{1,6}[章节篇部]|\d+(\.\d+)*\.?)\s*\S.{0,40}?\s\d{1,4}\s*$",  # "1.2 heading 7"
+    re.IGNORECASE)
+_CONTENTS_STRUCTURE = re.compile(r"^\s*(\d+\.\d+|第.{1,6}[章节篇部])|\.{3,}|…{2,}|·{3,}")
+
+
+def looks_like_contents(text: str) -> bool:
+    r"""True for a chunk that is mostly a table of contents: most of its lines are headings with page numbers.
+
+    >>> looks_like_contents("目录\n第一章 总则 ........ 1\n第二章 当事人 ........ 3\n第三章 方式 ........ 7\n第四章 程序 ..... 9")
+    True
+    >>> looks_like_contents("第一条 为了规范政府采购行为，制定本法。\n第二条 在中华人民共和国境内进行的政府采购适用本法。")
+    False
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 4:
+        return False
+    # Section numbers ("1.2", "第三章") or dot leaders tell a contents page from a numbered code listing.
+    structured = sum(bool(_CONTENTS_STRUCTURE.search(line)) for line in lines)
+    return structured >= 2 and sum(bool(_CONTENTS_LINE.search(line)) for line in lines) >= 0.5 * len(lines)
 
 
 class Reranker(Protocol):
@@ -64,7 +91,7 @@ class Retriever:
             generation = self.kb.generation
             if self._bm25 is None or self._bm25_generation != generation:
                 ids, tokens = self.kb.search_tokens()
-                if self.kb.settings().get("tokenizer") not in (None, TOKENIZER_VERSION):
+                if self.kb.settings().get("tokenizer_version") not in (None, TOKENIZER_VERSION):
                     # Built by an older tokeniser: re-tokenise in memory rather than mismatch query and index.
                     tokens = [" ".join(search_tokens(c.text)) for c in self.kb.get_chunks(ids).values()]
                 self._bm25, self._bm25_generation = BM25Index.build(ids, tokens), generation
@@ -114,8 +141,9 @@ class Retriever:
                 ranked = fusion.weighted([dense, lexical], weights=weights)
 
         keep = depth if self.reranker else k
-        ranked = ranked[:keep]
-        hits = self._to_hits(ranked, query_vector, dict(dense), dict(lexical))
+        hits = self._to_hits(ranked[: max(keep * 2, 20)], query_vector, dict(dense), dict(lexical))
+        hits = sorted((replace(h, score=h.score * CONTENTS_PENALTY) if looks_like_contents(h.chunk.text) else h
+                       for h in hits), key=lambda h: -h.score)[:keep]
         if self.reranker is not None:
             hits = self.reranker.rerank(question, hits)[:k]
         hits = [replace(h, rank=i + 1) for i, h in enumerate(hits)]

@@ -131,3 +131,10 @@ def test_second_writer_is_refused_while_the_first_writes(kb):
     with kb.writer(wait_seconds=5):  # free again once the first writer is done
         pass
     assert os.path.exists(kb.path / "lock")
+
+
+def test_recorded_settings_change_in_one_transaction(kb):
+    with kb.writer() as w:
+        w.set_settings({"chunk_size": 200, "tokenizer_version": "v2"})
+    assert kb.settings()["chunk_size"] == "200" and kb.settings()["tokenizer_version"] == "v2"
+    assert kb.embedding_model == "test-model"
