@@ -19,7 +19,8 @@ import streamlit as st  # noqa: E402
 from app import resources, state  # noqa: E402
 from kbcore.config import load_settings  # noqa: E402
 
-st.set_page_config(page_title="kbchat 知识库问答", page_icon="📚", layout="wide")
+# No emoji in titles: a browser without an emoji font (headless Chromium on a server) draws them as boxes.
+st.set_page_config(page_title="kbchat 知识库问答", layout="wide")
 
 NO_ADAPTER = "(none / 无)"
 
@@ -35,7 +36,7 @@ def base_settings():
 def sidebar(settings):
     """Knowledge-base picker and answer settings; returns (settings with the choices applied, kb name, top_k)."""
     sb = st.sidebar
-    sb.title("📚 kbchat")
+    sb.title("kbchat · 知识库问答")
 
     def create_kb():
         try:
@@ -93,13 +94,24 @@ def run_ingest(settings, uploads):
     kb_path = settings.kb_path
     bar = st.progress(0.0, text="Starting… / 开始处理…")
 
+    where = {"done": 0, "total": 1, "source": "", "embedded": 0}
+
+    def draw():
+        w = where
+        bar.progress(w["done"] / max(w["total"], 1),
+                     text=f"{w['done']}/{w['total']} files · {w['source']} · {w['embedded']} chunks embedded")
+
     def progress(done, total, source, result):
-        verb = "done" if result is not None else "processing"
-        bar.progress(done / max(total, 1), text=f"{done}/{total} · {verb}: {source}")
+        where.update(done=done, total=total, source=source)
+        draw()
+
+    def on_embedded(n):  # a long PDF embeds in slices: keep the bar's text moving meanwhile
+        where["embedded"] += n
+        draw()
 
     try:
         with st.spinner("Ingesting (the embedding model loads on first use)…"):
-            rows = state.ingest_uploads(uploads, settings, kb_path, progress=progress)
+            rows = state.ingest_uploads(uploads, settings, kb_path, progress=progress, on_embedded=on_embedded)
     except Exception as exc:  # e.g. a busy knowledge base or another embedding model: say so, keep going
         bar.empty()
         st.session_state["last_ingest"] = {"error": f"Ingest failed: {exc}", "rows": []}
@@ -167,9 +179,13 @@ def documents_view(settings):
 
 # ---------------------------------------------------------------- chat
 def show_citations(message):
+    if message.get("search_query"):
+        st.caption(f"Searched for / 检索: {message['search_query']}")
     if not message.get("found", True):
         st.info("Not in the documents: nothing relevant was found, so no answer was made up. / 文档中没有找到相关内容。")
         return
+    if message.get("citations"):
+        st.caption("Sources / 来源 (open one to read the quoted passage)")
     for c in message.get("citations", []):
         with st.expander(c["label"]):
             st.markdown("> " + c["snippet"].replace("\n", "\n> "))
@@ -215,12 +231,19 @@ def chat_view(settings, kb_path):
             answerer = Answerer(settings, retriever, loaded)
             with st.spinner("Searching the documents…"):
                 stream = answerer.stream(question, state.chat_history(messages), k=settings.retrieval.top_k)
-            st.write_stream(iter(stream))
+            shown = st.empty()
+            with shown.container():
+                st.write_stream(iter(stream))
             answer = stream.answer
+            # The final text can differ from the raw stream (citation markers resolved, an empty or refusing
+            # generation turned into the "not in the documents" answer): show what the history will keep.
+            shown.markdown(answer.text)
         except Exception as exc:  # keep the app usable: show what went wrong with this question
             st.error(f"Could not answer: {exc}")
             return
-        message = {"role": "assistant", "content": answer.text, "found": answer.found,
+        # For a follow-up the search used the question joined to the previous one: show that, it explains the hits.
+        searched = answer.search_query if answer.search_query and answer.search_query != question else ""
+        message = {"role": "assistant", "content": answer.text, "found": answer.found, "search_query": searched,
                    "citations": [{"label": state.citation_label(c), "snippet": c.snippet} for c in answer.citations]}
         show_citations(message)
     messages += [{"role": "user", "content": question}, message]

@@ -159,7 +159,8 @@ ProgressFn = Callable[[int, int, str, object], None]
 
 
 def ingest_uploads(uploads: Iterable[tuple[str, bytes]], settings: Settings, kb_path: Path,
-                   progress: ProgressFn | None = None) -> list[dict]:
+                   progress: ProgressFn | None = None, on_embedded: Callable[[int], None] | None = None
+                   ) -> list[dict]:
     """Save uploads under ``kb_path/files`` and ingest them; one result row per file (refused uploads included).
 
     Rows: ``{"file", "status", "reason", "pages", "chunks"}``, status one of added/updated/skipped/failed.
@@ -175,7 +176,7 @@ def ingest_uploads(uploads: Iterable[tuple[str, bytes]], settings: Settings, kb_
             rejected.append(Rejected(sanitize_filename(name), str(exc)))
     rows = [{"file": r.source, "status": "failed", "reason": r.reason, "pages": 0, "chunks": 0} for r in rejected]
     if saved:
-        report = ingest_files(saved, settings, kb_path=kb_path, progress=progress)
+        report = ingest_files(saved, settings, kb_path=kb_path, progress=progress, on_embedded=on_embedded)
         rows += [{"file": r.source, "status": r.status, "reason": r.reason, "pages": r.pages, "chunks": r.chunks}
                  for r in report.results]
     return rows

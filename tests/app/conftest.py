@@ -49,3 +49,26 @@ def app_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KBCHAT_KB_ROOT", str(kb_root))
     monkeypatch.setenv("KBCHAT_ADAPTERS_DIR", str(tmp_path / "adapters"))
     return kb_root
+
+
+def assert_quotes_the_kb(kb_path: Path, label: str, quoted: str) -> None:
+    """A citation as the app shows it ("[n] file · p. X" or "pp. X–Y", the passage quoted) must quote the start
+    of a chunk of that file whose pages are the ones in the label: the app shows the Answer's citation
+    faithfully, whatever the model chose to cite."""
+    import re
+
+    from kbcore.store import KnowledgeBase
+
+    match = re.fullmatch(r"\[(\d+)\] (.+?) · pp?\. (\d+)(?:–(\d+))?", label.strip())
+    assert match, f"citation label {label!r} does not name a file and page"
+    source, first, last = match.group(2), int(match.group(3)), int(match.group(4) or match.group(3))
+    passage = quoted.strip().removesuffix("…").strip()
+    assert passage, f"citation {label!r} quotes nothing"
+    kb = KnowledgeBase(kb_path, readonly=True)
+    try:
+        chunks = kb.chunks(source)
+    finally:
+        kb.close()
+    assert chunks, f"{source} is not in the knowledge base"
+    assert any(c.text.strip().startswith(passage) and (c.page_start, c.page_end) == (first, last) for c in chunks), \
+        f"{label}: the quoted passage is not the start of a chunk on those pages: {passage[:80]!r}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app.conftest import APP_FILE
+from tests.app.conftest import APP_FILE, assert_quotes_the_kb
 
 TIMEOUT = 300  # first ingest loads the embedder; the slow test loads the real LLM
 DOCS = "docs"
@@ -64,6 +64,7 @@ def app(app_env, tiny_llm_dir, monkeypatch):
     monkeypatch.setenv("KBCHAT_LLM__MODEL", str(tiny_llm_dir))
     monkeypatch.setenv("KBCHAT_LLM__QUANTIZATION", "fp32")
     monkeypatch.setenv("KBCHAT_LLM__MAX_NEW_TOKENS", "8")
+    monkeypatch.setenv("KBCHAT_LLM__TEMPERATURE", "0")  # greedy: the same random-model output every run
     return run(AppTest.from_file(APP_FILE, default_timeout=TIMEOUT))
 
 
@@ -120,9 +121,11 @@ def test_create_ingest_ask_bad_files_delete(app, app_env, eval_dir):
     assert len(answers) == 1 and answers[0].strip()
     assert not at.error
 
-    # A follow-up passes the history along and is answered too.
+    # A follow-up passes the history along: the search joins it to the previous question, and says so.
     ask(at, "那么信息发布应当遵循什么原则呢？")
     assert len(assistant_texts(at)) == 2 and not at.error
+    captions = [c.value for c in at.caption]
+    assert f"Searched for / 检索: {QUESTION} 那么信息发布应当遵循什么原则呢？" in captions, captions
 
     # Unrelated question: the honest "not in the documents" answer, no citations.
     ask(at, UNRELATED)
@@ -168,8 +171,9 @@ def test_switching_knowledge_bases_keeps_chats_apart(app, app_env, eval_dir):
 
 @pytest.mark.slow
 def test_real_model_answer_shows_its_citation(app_env, eval_dir, monkeypatch):
-    """The default model (NF4) answers from the ingested PDF; the citation shows file and page, and its
-    expander quotes the passage that holds the answer (以中国政府采购网发布的为准, article 11, page 1)."""
+    """The default model (NF4) answers from the ingested PDF; each citation shows file and page, and its
+    expander quotes that passage of the document (what the model cites is the llm package's business; that
+    the app shows it faithfully is this test's)."""
     monkeypatch.setenv("KBCHAT_LLM__MAX_NEW_TOKENS", "64")
     monkeypatch.setenv("KBCHAT_LLM__TEMPERATURE", "0")
     at = run(AppTest.from_file(APP_FILE, default_timeout=TIMEOUT))
@@ -177,9 +181,12 @@ def test_real_model_answer_shows_its_citation(app_env, eval_dir, monkeypatch):
     ask(at, QUESTION)
     answers = assistant_texts(at)
     assert len(answers) == 1 and answers[0].strip(), answers
+    assert not any("Not in the documents" in i.value for i in at.info)
     cited = [e for e in at.expander if e.label.startswith("[")]
-    assert cited and all(f"{PDF} · p" in e.label for e in cited), [e.label for e in cited]
-    snippets = [e.markdown[0].value for e in cited]
-    assert all(s.startswith("> ") for s in snippets)
-    assert any("中国政府采购网" in s for s in snippets), snippets
+    assert cited, "the answer has no citation"
+    for e in cited:
+        assert e.label.split("] ", 1)[1].startswith(f"{PDF} · p"), e.label
+        quote = e.markdown[0].value
+        assert quote.startswith("> ")
+        assert_quotes_the_kb(app_env / "default", e.label, quote.removeprefix("> ").replace("\n> ", "\n"))
     assert not at.error
