@@ -5,7 +5,7 @@
 >>> messages = build_messages("供应商要具备什么条件？", [hit])
 >>> print(messages[1]["content"])
 资料：
-[1] 《zhengfu-caigou-fa.pdf》第 2 页 · 政府采购法 > 第二章
+资料1（来源：zhengfu-caigou-fa.pdf，第 2 页，政府采购法 > 第二章）
 第二十二条 供应商……
 <BLANKLINE>
 问题：供应商要具备什么条件？
@@ -22,7 +22,7 @@ NOT_FOUND = {"zh": "文档中没有找到相关内容。", "en": "The documents 
 
 SYSTEM = {
     "zh": ("你是一个严谨的知识库问答助手。请根据下面编号的资料回答用户的问题，用简体中文作答，简洁准确。"
-           "在句末用方括号写出所依据资料的编号，例如：供应商应当具有良好的商业信誉[1]。"
+           "在句末用方括号写出所依据资料的编号，例如：供应商应当具有良好的商业信誉[1]。先直接回答问题，再补充要点。"
            "方括号只用于标注资料编号，列举时请用（1）（2）或 1. 2. 编号。"
            f"如果资料里没有答案，就只回答：{NOT_FOUND['zh']}"),
     "en": ("You are a careful assistant answering from a knowledge base. Answer the user's question from the "
@@ -30,7 +30,8 @@ SYSTEM = {
            "passage it comes from in square brackets, e.g. 'Suppliers need a good business reputation [1].' Use "
            f"square brackets only for passage numbers. If the passages do not contain the answer, reply only: {NOT_FOUND['en']}"),
 }
-LABELS = {"zh": ("资料：", "问题：", "第 {pages} 页"), "en": ("Passages:", "Question: ", "p. {pages}")}
+LABELS = {"zh": ("资料：", "问题：", "资料{n}（来源：{source}，第 {pages} 页{heading}）"),
+          "en": ("Passages:", "Question: ", "Passage {n} (source: {source}, p. {pages}{heading})")}
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
@@ -45,9 +46,10 @@ def page_label(pages: Sequence[int]) -> str:
 
 
 def format_passage(number: int, hit: Hit, language: str, text: str | None = None) -> str:
-    pages = LABELS[language][2].format(pages=page_label(hit.pages))
-    heading = f" · {hit.heading}" if hit.heading else ""
-    return f"[{number}] 《{hit.source}》{pages}{heading}\n{text if text is not None else hit.text}"
+    # The passage's own label avoids the [n] form: small models copy a "[1] file p. 2" header as their answer.
+    heading = f"，{hit.heading}" if hit.heading and language == "zh" else (f", {hit.heading}" if hit.heading else "")
+    label = LABELS[language][2].format(n=number, source=hit.source, pages=page_label(hit.pages), heading=heading)
+    return f"{label}\n{text if text is not None else hit.text}"
 
 
 def build_messages(question: str, passages: Sequence[Hit], history: Sequence[dict] | None = None,

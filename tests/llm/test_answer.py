@@ -38,8 +38,8 @@ def test_prompt_numbers_passages_with_source_pages_and_keeps_history(tiny):
     history = [{"role": "user", "content": "上一个问题"}, {"role": "assistant", "content": "上一个回答[1]"}]
     messages = build_messages("供应商要什么条件？", [hit(1, "甲条文"), hit(2, "乙条文", pages=(3, 4))], history)
     prompt = render_prompt(loaded.tokenizer, messages)
-    assert "[1] 《a.pdf》第 2 页 · 法 > 第二章\n甲条文" in prompt
-    assert "[2] 《a.pdf》第 3-4 页" in prompt
+    assert "资料1（来源：a.pdf，第 2 页，法 > 第二章）\n甲条文" in prompt
+    assert "资料2（来源：a.pdf，第 3-4 页" in prompt
     assert prompt.index("上一个回答") < prompt.index("供应商要什么条件")
     assert prompt.rstrip().endswith("assistant")  # ends by opening the model's turn
     english = build_messages("What is dpkg?", [hit(1, "dpkg 是……")])
