@@ -21,7 +21,9 @@ from llm.prompts import NOT_FOUND, build_messages, language_of, render_prompt
 # Signs that a question leans on the previous turn: "and what about", pronouns, "this/that article", a trailing 呢.
 _FOLLOW_UP = re.compile(
     r"^(那|那么|还有|另外|然后|再说|and\b|what about|how about)|它|上述|前者|后者|其中|[该这那此][条项款个些种]|"
-    r"呢[？?]?$|\b(it|its|they|them|those)\b", re.IGNORECASE)
+    r"呢[？?]?$", re.IGNORECASE)
+# English pronouns only mark a follow-up in a short question ("Is it free?"), not in a self-contained one.
+_SHORT_PRONOUN = re.compile(r"^\W*(\w+\W+){0,5}\b(it|its|they|them|those|that one)\b(\W+\w+){0,3}\W*$", re.IGNORECASE)
 
 
 def standalone_question(question: str, history: Sequence[dict] | None, turns: int = 3) -> str:
@@ -33,10 +35,13 @@ def standalone_question(question: str, history: Sequence[dict] | None, turns: in
     '政府采购法第一条讲什么？ 那第二条呢？'
     >>> standalone_question("招标投标法适用于哪些项目？", [{"role": "user", "content": "政府采购法第一条讲什么？"}])
     '招标投标法适用于哪些项目？'
+    >>> before = [{"role": "user", "content": "What is dpkg?"}]
+    >>> standalone_question("Is it free?", before), standalone_question("Who discovered the moons of Jupiter and named them?", before)
+    ('What is dpkg? Is it free?', 'Who discovered the moons of Jupiter and named them?')
     """
     previous = [m["content"] for m in (history or []) if m.get("role") == "user"][-turns:]
     q = question.strip()
-    if previous and _FOLLOW_UP.search(q):
+    if previous and (_FOLLOW_UP.search(q) or _SHORT_PRONOUN.match(q)):
         return f"{previous[-1]} {q}"
     return q
 
