@@ -179,6 +179,12 @@ def ingest_uploads(uploads: Iterable[tuple[str, bytes]], settings: Settings, kb_
         report = ingest_files(saved, settings, kb_path=kb_path, progress=progress, on_embedded=on_embedded)
         rows += [{"file": r.source, "status": r.status, "reason": r.reason, "pages": r.pages, "chunks": r.chunks}
                  for r in report.results]
+        # A file that failed and has no document behind it is not kept: files/ mirrors what the kb holds.
+        failed = {r.source for r in report.failures}
+        known = {d["source"] for d in kb_documents(kb_path)}
+        for path in saved:
+            if path.name in failed and path.name not in known:
+                path.unlink(missing_ok=True)
     return rows
 
 

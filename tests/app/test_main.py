@@ -110,6 +110,7 @@ def test_create_ingest_ask_bad_files_delete(app, app_env, eval_dir):
     for r in bad:
         assert f"{r['file']}: {r['reason']}" in errors
     assert [d["source"] for d in documents_table(at)] == [PDF]
+    assert [p.name for p in (app_env / "My-Docs" / "files").iterdir()] == [PDF]  # failed uploads not kept
 
     # A path that does not exist is an error message, not a crash.
     ingest_path(at, eval_dir / "no-such-folder")
