@@ -23,7 +23,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
-from finetune.data import IGNORE_INDEX, Record, encode, prompt_text
+from finetune.data import Record, encode, prompt_text
 
 _SPACE = re.compile(r"\s+")
 
@@ -54,20 +54,17 @@ class Side:
 def answer_loss(model, tokenizer, records: Sequence[Record], max_seq_length: int) -> float:
     """Token-weighted mean cross-entropy over the answer tokens of the records (no gradients)."""
     import torch
-    import torch.nn.functional as F
+
+    from finetune.train import answer_loss as summed_loss
+    from finetune.train import collate
 
     total, count = 0.0, 0
     device = next(model.parameters()).device
     with torch.no_grad():
         for rec in records:
-            enc = encode(tokenizer, rec, max_seq_length)
-            ids = torch.tensor([enc.input_ids], device=device)
-            labels = torch.tensor([enc.labels], device=device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            targets = labels[:, 1:]
-            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                           ignore_index=IGNORE_INDEX, reduction="sum"))
-            count += int((targets != IGNORE_INDEX).sum())
+            batch = {k: v.to(device) for k, v in collate([encode(tokenizer, rec, max_seq_length)], 0).items()}
+            loss, tokens = summed_loss(model, batch)
+            total, count = total + float(loss), count + tokens
     return total / max(1, count)
 
 
@@ -99,10 +96,12 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
             max_new_tokens: int = 128) -> dict:
     """Evaluate the configured base model, then the same instance with the adapter on top."""
     from llm.adapters import apply_adapter
+    from finetune.train import fast_compute_dtype
     from llm.models import _load
 
     # A private serving instance (not the shared cache): peft injects LoRA layers into the modules it wraps.
     base = _load(settings.llm, settings.cache_dir, for_training=False)
+    fast_compute_dtype(base.model)  # float32 on CPUs that only emulate bfloat16 (see finetune.train)
     base_side = evaluate_side(base.model, base.tokenizer, records, max_seq_length=max_seq_length,
                               max_new_tokens=max_new_tokens)
     tuned = apply_adapter(base, adapter, settings.adapters_dir)  # refuses an adapter of another base model

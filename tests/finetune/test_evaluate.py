@@ -1,0 +1,70 @@
+"""Evaluation and the CLI end to end on the tiny 4-bit Qwen2: base vs adapter, JSON last line, wrong-base refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from finetune.data import encode_all, write_jsonl
+from finetune.train import TrainConfig, train_adapter
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_settings(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    from kbcore.config import LLMSettings, Settings
+
+    return Settings(cache_dir=tmp_path / "cache", adapters_dir=tmp_path / "adapters",
+                    llm=LLMSettings(model=str(tiny_model_dir), quantization="nf4", device="cpu")), replace
+
+
+def test_compare_base_and_adapter_on_held_out_pairs(tiny, tiny_settings, train_records, char_tokenizer, tmp_path):
+    from finetune.evaluate import compare, format_table, summary_line
+
+    settings, _ = tiny_settings
+    records = train_records[:3]
+    loaded = tiny()
+    loaded.model_id = loaded.base_sha256 = settings.llm.model  # what load_model reports for a local directory
+    config = TrainConfig(max_steps=6, learning_rate=1e-2, batch_size=3, gradient_accumulation_steps=1,
+                         lora_dropout=0.0, max_seq_length=96)
+    train_adapter(loaded, encode_all(char_tokenizer, records, 96), settings.adapters_dir / "tiny", config,
+                  progress=False)
+
+    result = compare(settings, "tiny", records, max_seq_length=96, max_new_tokens=4)
+    assert result["n"] == 3 and result["adapter"] == "tiny"
+    assert result["adapter_loss"] < result["base_loss"] - 0.2  # it was trained on these very pairs
+    assert 0.0 <= result["base_score"] <= 1.0 and 0.0 <= result["adapter_score"] <= 1.0
+    assert len(result["examples"]) == 3 and all(isinstance(e["adapter"], str) for e in result["examples"])
+    assert "answer loss" in format_table(result)
+    assert set(json.loads(summary_line(result))) >= {"n", "base_loss", "adapter_loss", "base_score", "adapter_score"}
+
+
+def test_cli_refuses_an_adapter_trained_for_another_base(tiny, tiny_model_dir, train_records, char_tokenizer,
+                                                         tmp_path, capsys):
+    from finetune.__main__ import main
+
+    loaded = tiny()
+    loaded.model_id, loaded.base_sha256 = "qwen2.5-1.5b", "cc324af070c2" + "0" * 52
+    train_adapter(loaded, encode_all(char_tokenizer, train_records[:2], 64), tmp_path / "adapters" / "other",
+                  TrainConfig(max_steps=1, gradient_accumulation_steps=1), progress=False)
+    data = tmp_path / "held.jsonl"
+    write_jsonl(train_records[:2], data)
+    config = tmp_path / "kbchat.toml"
+    config.write_text(f'adapters_dir = "{tmp_path / "adapters"}"\ncache_dir = "{tmp_path / "cache"}"\n'
+                      f'[llm]\nmodel = "{tiny_model_dir}"\ndevice = "cpu"\n', encoding="utf-8")
+
+    code = main(["--config", str(config), "eval", "--adapter", "other", "--data", str(data), "--limit", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: adapter 'other' was trained on qwen2.5-1.5b" in err and "retrain" in err
