@@ -123,3 +123,24 @@ def test_pairs_and_refusals_from_a_knowledge_base(tmp_path):
     assert debian.passages[cited - 1].text.startswith("Debian 是一个自由的操作系统")
     assert len(refusals) == 1
     assert all(p.source == "law.pdf" for p in refusals[0].passages)  # passages that cannot answer it
+
+
+def test_build_data_cli_and_kb_passages_for_instruction_pairs(tmp_path, capsys):
+    from finetune.__main__ import main
+    from finetune.data import attach_passages
+    from kbcore.store import KnowledgeBase
+
+    _kb(tmp_path, {
+        "faq.pdf": [("FAQ > 什么是 Debian？", "Debian 是一个自由的操作系统，由志愿者维护。"),
+                    ("FAQ > 如何获得安装镜像？", "从 Debian 网站下载安装镜像，刻录到 U 盘即可。")],
+        "law.pdf": [("采购法 > 第二章", "第二十二条 供应商参加政府采购活动应当具备独立承担民事责任的能力。")],
+    })
+    out = tmp_path / "pairs.jsonl"
+    assert main(["build-data", "--kb", str(tmp_path / "kb"), "--out", str(out), "--refusal-ratio", "0.5"]) == 0
+    assert "3 records (1 refusals)" in capsys.readouterr().out
+    records = read_jsonl(out, strict=True).records  # what build-data writes, train reads back
+    assert len(records) == 3 and all(r.passages for r in records)
+
+    plain = Record("供应商参加政府采购活动要具备什么能力？", "", "独立承担民事责任的能力。")
+    [with_kb] = attach_passages([plain], KnowledgeBase(tmp_path / "kb", readonly=True), k=2)
+    assert with_kb.passages[0].source == "law.pdf" and len(with_kb.passages) == 2
