@@ -1,0 +1,91 @@
+import pytest
+
+from kbcore.store import EmbeddingMismatchError, KnowledgeBase
+from retrieval import Retriever, open_retriever
+from retrieval.adapters import as_langchain_retriever, as_llamaindex_retriever
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "供应商参加政府采购活动应当具备哪些条件？"
+
+
+def test_hits_carry_source_pages_heading_and_relevance(eval_retriever):
+    hits = eval_retriever.search(QUESTION, k=5)
+    assert len(hits) == 5
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    top = hits[0]
+    assert top.source == "zhengfu-caigou-fa.pdf" and 2 in top.pages
+    assert "商业信誉" in top.text and top.heading
+    assert all(h.dense is not None and -1.0 <= h.dense <= 1.0 for h in hits)
+
+
+def test_relevance_separates_in_corpus_from_unrelated_questions(eval_retriever):
+    inside = eval_retriever.search(QUESTION, k=1)[0].dense
+    outside = eval_retriever.search("法国的首都是哪里？", k=1)[0].dense
+    assert inside > outside
+
+
+def test_source_filter_restricts_results(eval_retriever):
+    hits = eval_retriever.search(QUESTION, k=5, sources=["zhaobiao-toubiao-fa.pdf"])
+    assert hits and {h.source for h in hits} == {"zhaobiao-toubiao-fa.pdf"}
+    assert eval_retriever.search(QUESTION, k=5, sources=["no-such-file.pdf"]) == []
+
+
+@pytest.mark.parametrize("question", ["", "   \n", "？", "How do I install a Debian package with dpkg?",
+                                      "Debian 的 apt-get 和 dpkg 有什么区别？", "政府采购" * 3000])
+def test_odd_questions_never_crash(eval_retriever, question):
+    hits = eval_retriever.search(question, k=3)
+    assert len(hits) <= 3
+    if question.strip(" \n？"):
+        assert hits
+
+
+def test_english_question_finds_the_debian_faq(eval_retriever):
+    hits = eval_retriever.search("What is a Debian package? dpkg", k=5)
+    assert any(h.source == "debian-faq-zh-cn.pdf" for h in hits)
+
+
+def test_context_window_merges_neighbours_without_repeating_overlap(eval_retriever):
+    hit = eval_retriever.search(QUESTION, k=1)[0]
+    merged = eval_retriever.context(hit.chunk, 1)
+    neighbours = eval_retriever.kb.neighbours(hit.chunk, 1)
+    assert hit.chunk.text in merged
+    assert len(neighbours) >= 2
+    assert len(merged) < sum(len(c.text) for c in neighbours) + len(neighbours)
+
+
+def test_empty_knowledge_base_gives_no_hits(tmp_path, eval_retriever, settings):
+    embedder = eval_retriever.embedder
+    kb = KnowledgeBase.create(tmp_path / "empty", embedding_model=embedder.model_id, dimension=embedder.dimension)
+    assert Retriever(kb, embedder, settings.retrieval).search(QUESTION) == []
+
+
+def test_other_embedding_model_is_refused(tmp_path, eval_retriever, settings):
+    embedder = eval_retriever.embedder
+    KnowledgeBase.create(tmp_path / "other", embedding_model="someone/else", dimension=embedder.dimension)
+    with pytest.raises(EmbeddingMismatchError, match="--rebuild"):
+        open_retriever(settings, tmp_path / "other")
+
+
+def test_langchain_and_llamaindex_adapters_return_the_same_ranking(eval_retriever):
+    ours = [h.chunk.id for h in eval_retriever.search(QUESTION, k=4)]
+    lc = as_langchain_retriever(eval_retriever, k=4).invoke(QUESTION)
+    assert [d.metadata["chunk_id"] for d in lc] == ours
+    assert lc[0].metadata["source"] == "zhengfu-caigou-fa.pdf" and lc[0].metadata["pages"]
+    li = as_llamaindex_retriever(eval_retriever, k=4).retrieve(QUESTION)
+    assert [int(n.node.node_id) for n in li] == ours
+    assert li[0].score == pytest.approx(eval_retriever.search(QUESTION, k=1)[0].score)
+
+
+def test_contents_pages_are_recognised_and_ranked_below_their_sections(eval_retriever):
+    from retrieval.retriever import looks_like_contents
+
+    flagged = {(c.source, c.page_start) for c in eval_retriever.kb.chunks() if looks_like_contents(c.text)}
+    # maint-guide's table of contents fills pages 3-6; nothing else in the corpus is one.
+    assert flagged and {s for s, _ in flagged} == {"maint-guide.zh-cn.pdf"}
+    assert {p for _, p in flagged} <= {3, 4, 5, 6}
+    for heading in ["Debian 的社会驱动力", "git-buildpackage 及其相似命令", "快速重构建"]:
+        for mode in ("hybrid", "bm25"):
+            top = eval_retriever.search(heading, k=1, mode=mode)[0]
+            assert not looks_like_contents(top.chunk.text), (heading, mode, top.chunk.page_start)
