@@ -105,12 +105,25 @@ class Answerer:
         return passages, render_prompt(tokenizer, build_messages(question, passages, history, texts))
 
     # ------------------------------------------------------------ generating
+    def _label_openers(self) -> list[int]:
+        """Tokens an answer may not start with: a citation bracket or a passage label. The 0.5B otherwise
+        often answers with nothing but "[1]" or "资料2（来源…）"; made to start with content, it writes a sentence
+        and cites at its end."""
+        if getattr(self, "_openers", None) is None:
+            tokenizer = self.loaded.tokenizer
+            openers = {i for t, i in tokenizer.get_vocab().items() if t.lstrip("Ġ").startswith("[")}
+            for label in ("资料", "【", "来源", "Passage"):
+                openers.add(tokenizer(label, add_special_tokens=False)["input_ids"][0])
+            self._openers = sorted(openers)
+        return self._openers
+
     def _generate_kwargs(self, prompt: str) -> dict:
         cfg = self.settings.llm
         loaded = self.loaded
         inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.model.device)
         kwargs = dict(**inputs, max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
-                      pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id)
+                      pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
+                      begin_suppress_tokens=self._label_openers())
         if cfg.temperature > 0:
             kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=0.9)
         else:
