@@ -97,10 +97,10 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
     """Evaluate the configured base model, then the same instance with the adapter on top."""
     from llm.adapters import apply_adapter
     from finetune.train import fast_compute_dtype
-    from llm.models import _load
+    from llm.models import load_model
 
     # A private serving instance (not the shared cache): peft injects LoRA layers into the modules it wraps.
-    base = _load(settings.llm, settings.cache_dir, for_training=False)
+    base = load_model(settings.llm, settings.cache_dir, shared=False)
     fast_compute_dtype(base.model)  # float32 on CPUs that only emulate bfloat16 (see finetune.train)
     base_side = evaluate_side(base.model, base.tokenizer, records, max_seq_length=max_seq_length,
                               max_new_tokens=max_new_tokens)

@@ -175,11 +175,12 @@ _serving_lock = threading.Lock()
 
 
 def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = Path("adapters"),
-               for_training: bool = False) -> LoadedModel:
+               for_training: bool = False, shared: bool = True) -> LoadedModel:
     """The model for these settings. Serving instances are loaded once per process and shared (the adapter
-    named in the settings applied); ``for_training=True`` returns a fresh instance that is safe to train."""
-    if for_training:
-        return _load(settings, cache_dir, for_training=True)
+    named in the settings applied); ``shared=False`` gives a private serving instance (for wrapping it in
+    another adapter); ``for_training=True`` returns a fresh instance that is safe to train."""
+    if for_training or not shared:
+        return _load(settings, cache_dir, for_training=for_training)
     key = (settings.model, settings.quantization, settings.device, settings.adapter, str(cache_dir),
            str(adapters_dir))
     with _serving_lock:
