@@ -34,10 +34,10 @@ def _records(args, settings):
 
 def cmd_train(args, settings) -> int:
     from finetune.data import data_sha256, encode_all
-    from finetune.train import TrainConfig, train_adapter
+    from finetune.train import config_from_settings, train_adapter
     from llm.models import load_model
 
-    config = TrainConfig.from_settings(settings.finetune, max_steps=args.max_steps, max_seq_length=args.max_seq_length,
+    config = config_from_settings(settings.finetune, max_steps=args.max_steps, max_seq_length=args.max_seq_length,
                                        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr)
     records = _records(args, settings)
     loaded = load_model(settings.llm, settings.cache_dir, adapters_dir=settings.adapters_dir, for_training=True)

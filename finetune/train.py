@@ -16,6 +16,7 @@ run would have had. ``OUT/loss_log.jsonl`` gets one line per optimizer step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from finetune.data import IGNORE_INDEX, Encoded
+from kbcore.config import FinetuneSettings
 
 # LoRA on all linear layers of a Qwen2/Llama block: the QLoRA paper found this is what matches full fine-tuning
 # (attention-only LoRA loses quality); the output layer and embeddings stay frozen.
@@ -35,39 +37,13 @@ CHECKPOINT = "checkpoint"
 LOSS_LOG = "loss_log.jsonl"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    # Rank 16 / alpha 32 (scale 2): enough capacity for a domain's facts and answer style on a 0.5B model;
-    # the QLoRA paper saw little gain from higher ranks once all linear layers are adapted.
-    lora_r: int = 16
-    lora_alpha: int = 32
-    # Light dropout on the LoRA input regularises the small data sets users bring (tens to hundreds of pairs).
-    lora_dropout: float = 0.05
-    # 2e-4: the QLoRA paper's rate for models under 13B; LoRA tolerates rates ~10x full fine-tuning.
-    learning_rate: float = 2e-4
-    # A few epochs over ~100 pairs; beyond that small sets start to be memorised word for word.
-    max_steps: int = 60
-    # Batch 1 x 4 accumulated: an effective batch of 4 fits the 2-core / few-GiB budget without padding waste.
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 4
-    # Prompt (system + passages + question) plus answer; longer examples are cut (see finetune.data.encode).
-    max_seq_length: int = 512
-    seed: int = 42
-    # Warm-up then cosine decay to 10%: short runs profit from decaying (QLoRA used constant; its runs were long).
-    warmup_steps: int = 3
-    min_lr_ratio: float = 0.1
-    # Clip at 0.3: the QLoRA paper's value; keeps early steps on a fresh adapter stable.
-    max_grad_norm: float = 0.3
-    weight_decay: float = 0.0
-    # Recompute activations in backward: memory grows with layers x tokens otherwise (several GiB at 512 tokens).
-    gradient_checkpointing: bool = True
-    checkpoint_every: int = 10
+# The training hyper-parameters are the finetune section of the one settings object (commented there).
+TrainConfig = FinetuneSettings
 
-    @classmethod
-    def from_settings(cls, finetune_settings, **overrides) -> "TrainConfig":
-        values = {k: getattr(finetune_settings, k) for k in cls.__dataclass_fields__ if hasattr(finetune_settings, k)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+
+def config_from_settings(finetune_settings: FinetuneSettings, **overrides) -> FinetuneSettings:
+    """The configured hyper-parameters with command-line overrides (``None`` means not given)."""
+    return dataclasses.replace(finetune_settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass
