@@ -1,4 +1,4 @@
-"""Training-step benchmark: 4-bit QLoRA against a 16-bit LoRA baseline, at 256 and 512 tokens, in one run.
+"""Training-step benchmark: 4-bit QLoRA against a LoRA baseline on unquantised weights, at 256 and 512 tokens, in one run.
 
     .venv/bin/python bench/bench_train.py [--steps 2] [--lengths 256 512] [--baseline-dtype auto]
 
@@ -81,7 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--kinds", nargs="+", default=["qlora-nf4", "lora-16bit"])
+    parser.add_argument("--kinds", nargs="+", default=["qlora-nf4", "lora-full"])
     parser.add_argument("--baseline-dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--one", nargs=2, metavar=("KIND", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
