@@ -14,6 +14,17 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices on a shared 2-core machine: OpenMP threads fighting other processes cost 50x here."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_char_tokenizer(texts):
     """One token per character seen in ``texts`` (plus ChatML's special tokens), a fast tokenizer with a chat
     template: small enough for a tiny model's vocabulary, real enough to test prompt formatting and masking."""

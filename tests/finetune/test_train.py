@@ -12,15 +12,6 @@ from finetune.data import encode_all
 from finetune.train import LOSS_LOG, TrainConfig, add_lora, answer_loss, collate, train_adapter
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices on a shared 2-core machine: OpenMP threads fighting other processes cost 50x here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def examples(char_tokenizer, train_records):
     return encode_all(char_tokenizer, train_records[:6], max_seq_length=96)
