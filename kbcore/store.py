@@ -268,7 +268,7 @@ class KnowledgeBase:
             generation = self.generation
             if self._index is not None and self._index_generation == generation:
                 return self._index
-            ids, vecs = self.vectors()
+            ids = np.array([r[0] for r in self._db.execute("SELECT id FROM chunks ORDER BY id")], dtype=np.int64)
             index = None
             index_file = self.path / INDEX_FILE
             if index_file.is_file():
@@ -280,6 +280,8 @@ class KnowledgeBase:
                 except RuntimeError:
                     index = None  # unreadable (e.g. cut short): rebuilt below
             if index is None:
+                # Only a stale or missing index pays for reading every stored vector.
+                ids, vecs = self.vectors()
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
                 if len(ids):
                     index.add_with_ids(np.ascontiguousarray(vecs), ids)
