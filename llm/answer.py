@@ -62,6 +62,7 @@ class Answerer:
         self.settings = settings
         self.retriever = retriever
         self._loaded = loaded
+        self._openers: list[int] | None = None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -109,7 +110,7 @@ class Answerer:
         """Tokens an answer may not start with: a citation bracket or a passage label. The 0.5B otherwise
         often answers with nothing but "[1]" or "资料2（来源…）"; made to start with content, it writes a sentence
         and cites at its end."""
-        if getattr(self, "_openers", None) is None:
+        if self._openers is None:
             tokenizer = self.loaded.tokenizer
             openers = {i for t, i in tokenizer.get_vocab().items() if t.lstrip("Ġ").startswith("[")}
             for label in ("资料", "【", "来源", "Passage"):
