@@ -10,7 +10,8 @@ spaces); a verbatim copy scores 1, an unrelated or refused answer near 0. Averag
 >>> ngram_recall("abc", "xyz")  # shorter than 4 characters: compared whole
 0.0
 
-Generation runs on a serving instance (``llm.models.load_model`` without ``for_training``), never on a training one.
+Generation runs on serving instances (``llm.models.load_model`` without ``for_training``), never on a training
+one, so the adapter is measured in the weight format the answer stage uses.
 """
 
 from __future__ import annotations
@@ -94,24 +95,29 @@ def evaluate_side(model, tokenizer, records: Sequence[Record], *, max_seq_length
 
 def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length: int = 512,
             max_new_tokens: int = 128) -> dict:
-    """Evaluate the configured base model, then the same instance with the adapter on top."""
-    from llm.adapters import apply_adapter
+    """Evaluate the configured base model, then base + adapter, each loaded as the answer stage would load it."""
+    from dataclasses import replace
+
     from finetune.train import fast_compute_dtype
     from llm.models import load_model
 
-    # A private serving instance (not the shared cache): peft injects LoRA layers into the modules it wraps.
-    base = load_model(settings.llm, settings.cache_dir, shared=False)
-    fast_compute_dtype(base.model)  # float32 on CPUs that only emulate bfloat16 (see finetune.train)
-    base_side = evaluate_side(base.model, base.tokenizer, records, max_seq_length=max_seq_length,
-                              max_new_tokens=max_new_tokens)
-    tuned = apply_adapter(base, adapter, settings.adapters_dir)  # refuses an adapter of another base model
-    tuned_side = evaluate_side(tuned.model, tuned.tokenizer, records, max_seq_length=max_seq_length,
-                               max_new_tokens=max_new_tokens)
+    sides = []
+    for adapter_name in (None, adapter):
+        # Private instances: the shared serving cache must not hold a second copy, and the adapter's side is
+        # refused here when it was trained on another base model.
+        loaded = load_model(replace(settings.llm, adapter=adapter_name), settings.cache_dir,
+                            adapters_dir=settings.adapters_dir, shared=False)
+        fast_compute_dtype(loaded.model)  # float32 on CPUs that only emulate bfloat16 (see finetune.train)
+        sides.append(evaluate_side(loaded.model, loaded.tokenizer, records, max_seq_length=max_seq_length,
+                                   max_new_tokens=max_new_tokens))
+        tuned_name = loaded.adapter
+        del loaded  # one model in memory at a time
+    base_side, tuned_side = sides
     return {"n": len(records), "base_loss": round(base_side.loss, 4), "adapter_loss": round(tuned_side.loss, 4),
             "base_ppl": round(base_side.perplexity, 2), "adapter_ppl": round(tuned_side.perplexity, 2),
             "base_score": round(base_side.score, 4), "adapter_score": round(tuned_side.score, 4),
             "base_seconds": round(base_side.seconds, 1), "adapter_seconds": round(tuned_side.seconds, 1),
-            "adapter": tuned.adapter, "examples": [
+            "adapter": tuned_name, "examples": [
                 {"question": r.question, "reference": r.output[:200], "base": b[:200], "adapter": a[:200]}
                 for r, b, a in zip(records[:3], base_side.answers, tuned_side.answers)]}
 

@@ -64,14 +64,21 @@ def check_base(info: AdapterInfo, base_model: str, base_sha256: str) -> None:
             f"not on the configured model {base_model} ({base_sha256[:12]}…); configure that model or retrain")
 
 
-def apply_adapter(loaded, name_or_path: str, adapters_dir: Path):
-    """The loaded model with the adapter on top (a new ``LoadedModel``; the base stays usable)."""
+def apply_adapter(loaded, name_or_path: str, adapters_dir: Path, *, merge: bool = False):
+    """The loaded model with the adapter on top (a new ``LoadedModel``). ``merge=True`` folds the adapter into the
+    base weights (plain float weights only), for backends that quantise afterwards."""
     from dataclasses import replace
 
+    import torch
     from peft import PeftModel
 
     info = resolve_adapter(name_or_path, adapters_dir)
     check_base(info, loaded.model_id, loaded.base_sha256)
+    if not any(isinstance(m, torch.nn.Linear) for m in loaded.model.modules()):
+        raise AdapterError(f"cannot put adapter {info.name!r} on a model already quantised for the CPU "
+                           f"({loaded.quantization}); load it with the adapter in the settings instead")
     model = PeftModel.from_pretrained(loaded.model, str(info.path), is_trainable=False)
+    if merge:
+        model = model.merge_and_unload()
     model.eval()
     return replace(loaded, model=model, adapter=info.name)

