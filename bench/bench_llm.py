@@ -46,7 +46,6 @@ def passages_for_prompt(tokenizer, target_tokens: int = 850):
 def run_one(mode: str, new_tokens: int) -> dict:
     import torch
     from transformers import TextIteratorStreamer
-    import threading
 
     from kbcore.config import load_settings
     from llm.models import load_model
@@ -64,13 +63,12 @@ def run_one(mode: str, new_tokens: int) -> dict:
         kwargs = dict(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                       streamer=streamer)
         t0 = time.perf_counter()
-        worker = threading.Thread(target=lambda: loaded.model.generate(**kwargs))
-        worker.start()
+        generation = loaded.submit(loaded.model.generate, **kwargs)  # on the model's own thread, as llm.answer
         first = None
         for piece in streamer:
             if first is None and piece:
                 first = time.perf_counter()
-        worker.join()
+        generation.result()
         end = time.perf_counter()
         results.append((first - t0, (new_tokens - 1) / (end - first)))
     ttft, tok_s = results[-1]

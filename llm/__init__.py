@@ -1,4 +1,5 @@
-"""Grounded answers from a local LLM in 4-bit, with citations, streaming and an honest "not found".
+"""Grounded answers from a local quantised LLM (NF4 on a GPU, int8 on a CPU), with citations, streaming and
+an honest "not found".
 
 >>> import llm                                                           # doctest: +SKIP
 >>> a = llm.answer("供应商参加政府采购需要什么条件？", settings=load_settings())  # doctest: +SKIP

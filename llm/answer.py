@@ -8,7 +8,6 @@ taken before generation, on the best hit's dense cosine (``settings.llm.min_rele
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
@@ -176,25 +175,21 @@ class AnswerStream:
         loaded = self.answerer.loaded
         streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = self.answerer._generate_kwargs(self.prepared.prompt)
-        errors: list[BaseException] = []
 
         def run():
             try:
                 loaded.model.generate(**kwargs, streamer=streamer)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                errors.append(exc)
-                streamer.end()
+            except BaseException:
+                streamer.end()  # unblocks the loop below; the error is re-raised from generation.result()
+                raise
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        generation = loaded.submit(run)
         pieces: list[str] = []
         for piece in streamer:
             if piece:
                 pieces.append(piece)
                 yield piece
-        worker.join()
-        if errors:
-            raise errors[0]
+        generation.result()  # re-raises an error of the generation here
         self.answer = self.answerer.finish(self.prepared, "".join(pieces))
 
 

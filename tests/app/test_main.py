@@ -172,7 +172,7 @@ def test_switching_knowledge_bases_keeps_chats_apart(app, app_env, eval_dir):
 
 @pytest.mark.slow
 def test_real_model_answer_shows_its_citation(app_env, eval_dir, monkeypatch):
-    """The default model (NF4) answers from the ingested PDF; each citation shows file and page, and its
+    """The default model (int8 on this CPU) answers from the ingested PDF; each citation shows file and page, and its
     expander quotes that passage of the document (what the model cites is the llm package's business; that
     the app shows it faithfully is this test's)."""
     monkeypatch.setenv("KBCHAT_LLM__MAX_NEW_TOKENS", "64")
