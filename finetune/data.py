@@ -234,12 +234,30 @@ def build_from_kb(kb, *, refusal_ratio: float = 0.25, max_answer_chars: int = 60
     return records
 
 
+_CITATION = re.compile(r"\[\d+\]")
+
+
 def attach_passages(records: Sequence[Record], kb, k: int = 2) -> list[Record]:
-    """Records without passages get the ``k`` best-matching chunks of ``kb`` (what retrieval would show)."""
+    """Records without passages get the ``k`` best-matching chunks of ``kb`` (what retrieval would show).
+
+    An answer that copies one of them gets that passage's ``[n]`` appended (the answer stage's own overlap
+    rule decides), so an adapter trained on plain instruction pairs keeps citing: trained without it, the
+    grounded FAQ adapter answered in the documents' words but with no [n] at all."""
+    from llm.citations import supporting_passage
+
     matcher = PassageMatcher(kb)
-    return [r if r.passages is not None else Record(r.instruction, r.input, r.output,
-                                                    tuple(matcher.best(r.question, k)), r.origin)
-            for r in records]
+    out = []
+    for r in records:
+        if r.passages is not None:
+            out.append(r)
+            continue
+        passages = tuple(matcher.best(r.question, k))
+        output = r.output
+        cited = None if _CITATION.search(output) else supporting_passage(output, _hits(passages))
+        if cited is not None:
+            output = f"{output} [{cited}]"
+        out.append(Record(r.instruction, r.input, output, passages, r.origin))
+    return out
 
 
 # ---------------------------------------------------------------- tokenising

@@ -142,5 +142,10 @@ def test_build_data_cli_and_kb_passages_for_instruction_pairs(tmp_path, capsys):
     assert len(records) == 3 and all(r.passages for r in records)
 
     plain = Record("供应商参加政府采购活动要具备什么能力？", "", "独立承担民事责任的能力。")
-    [with_kb] = attach_passages([plain], KnowledgeBase(tmp_path / "kb", readonly=True), k=2)
+    unsupported = Record("供应商参加政府采购活动要具备什么能力？", "", "请咨询当地财政部门。")
+    with_kb, without_support = attach_passages([plain, unsupported], KnowledgeBase(tmp_path / "kb", readonly=True),
+                                               k=2)
     assert with_kb.passages[0].source == "law.pdf" and len(with_kb.passages) == 2
+    # The answer copies passage 1, so it learns to cite it; an answer found in no passage gets no marker.
+    assert with_kb.output == "独立承担民事责任的能力。 [1]"
+    assert without_support.output == "请咨询当地财政部门。"
