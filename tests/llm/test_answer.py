@@ -68,6 +68,29 @@ def test_streamed_pieces_make_up_the_final_answer(tiny):
     assert all(c.source == "a.pdf" for c in stream.answer.citations)
 
 
+def test_a_generation_error_reaches_the_caller_and_the_model_thread_survives(tiny):
+    import threading
+    from dataclasses import replace
+
+    tiny_settings, loaded = tiny
+    callers = []
+
+    class BrokenModel:
+        device = loaded.model.device
+
+        def generate(self, **_):
+            callers.append(threading.current_thread())
+            raise RuntimeError("out of memory while decoding")
+
+    retriever = FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")])
+    broken = replace(loaded, model=BrokenModel())
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(Answerer(tiny_settings, retriever, broken).stream("供应商应当具备什么条件？"))
+    # Generation ran on the model's own thread, not the caller's, and that thread still serves the real model.
+    assert callers and callers[0] is not threading.current_thread()
+    assert Answerer(tiny_settings, retriever, loaded).answer("供应商应当具备什么条件？").found
+
+
 def test_nothing_relevant_answers_not_found_without_generating(tiny):
     tiny_settings, loaded = tiny
 
