@@ -36,7 +36,7 @@ from ingest.parse import ParseError, is_supported, parse_file
 from ingest.split import HEADING_SEPARATOR, ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
 from kbcore.store import KnowledgeBase, NewChunk, text_hash
-from kbcore.text import TOKENIZER_VERSION, search_tokens
+from kbcore.text import TOKENIZER_VERSION, passage_text, search_tokens
 
 FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
 STAGES = ("scan", "parse", "clean", "split", "tokens", "model", "embed", "store")  # model = loading the embedder
@@ -108,20 +108,6 @@ class IngestReport:
             "failures": [{"source": r.source, "reason": r.reason} for r in self.failures],
             "notes": list(self.notes),
         }
-
-
-def passage_text(heading: str, text: str) -> str:
-    """What the embedder sees for a chunk: the document title and the chunk's own heading, then its text.
-    The title lets the right law win among similar ones; the middle of a long path adds little.
-
-    >>> passage_text("政府采购法 > 第二章 政府采购当事人", "第十五条 ……")
-    '政府采购法 > 第二章 政府采购当事人\\n第十五条 ……'
-    >>> passage_text("FAQ > 第 7 章 > 7.1. 什么是软件包？", "正文")
-    'FAQ > 7.1. 什么是软件包？\\n正文'
-    """
-    parts = heading.split(HEADING_SEPARATOR) if heading else []
-    context = HEADING_SEPARATOR.join(parts[:1] + parts[-1:] if len(parts) > 1 else parts)
-    return f"{context}\n{text}" if context else text
 
 
 def content_hash(path: str | os.PathLike) -> str:

@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass
 
 from ingest.clean import CleanDocument, normalize_chars
+from kbcore.text import HEADING_SEPARATOR
 
-HEADING_SEPARATOR = " > "
 
 _NUMERALS = "一二三四五六七八九十百千零〇两0-9"
 _ARTICLE = re.compile(rf"第[{_NUMERALS}]+条")

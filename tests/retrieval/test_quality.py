@@ -11,9 +11,9 @@ from retrieval import evaluate, load_qa
 pytestmark = pytest.mark.slow
 
 FLOORS = {
-    # set name: (hit@1, hit@5, mrr@10) floors for hybrid; measured .979/1.0/.989 and .800/.925/.859
+    # set name: (hit@1, hit@5, mrr@10) floors for hybrid; measured .986/.993/.991 and .825/.950/.887
     "debian-faq": (0.95, 0.99, 0.97),
-    "regulations": (0.75, 0.90, 0.82),
+    "regulations": (0.80, 0.925, 0.85),
 }
 
 
