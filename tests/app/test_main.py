@@ -73,6 +73,9 @@ def test_create_ingest_ask_bad_files_delete(app, app_env, eval_dir):
     assert at.selectbox(key="kb_name").options == ["default"]
     # The sidebar offers the configured (tiny) model next to the presets.
     assert at.selectbox(key="model").value.endswith(Path(at.selectbox(key="model").value).name)
+    # Every weight format of the settings is offered; the configured one is selected.
+    assert at.selectbox(key="quantization").value == "fp32"
+    assert {"auto", "nf4", "int8", "fp16"} <= set(at.selectbox(key="quantization").options)
 
     # Create a knowledge base: its name is sanitised and it becomes the current one.
     at.text_input(key="new_kb_name").input("../My Docs!")
