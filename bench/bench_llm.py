@@ -1,11 +1,12 @@
 """LLM serving costs on this machine: load time, peak RSS, time to first token and decode speed.
 
-    .venv/bin/python bench/bench_llm.py [--modes nf4,int8,fp16,fp32] [--new-tokens 48] [--fresh-convert]
+    .venv/bin/python bench/bench_llm.py [--modes nf4,bf16,int8,fp16,fp32] [--new-tokens 48] [--fresh-convert]
 
 Each mode runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
-left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes). The prompt is the real grounded prompt for a
-question, with retrieved passages from ../shared/eval/docs filling about 850 tokens. ``--fresh-convert`` also
-times the one-off conversion of the PyPI GGUF parts into a throw-away cache.
+left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes).
+The prompt is the real grounded prompt for a question, with retrieved passages from ../shared/eval/docs filling
+about 850 tokens. ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts into a throw-away
+cache.
 """
 
 from __future__ import annotations

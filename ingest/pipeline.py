@@ -33,10 +33,10 @@ import numpy as np
 
 from ingest.clean import clean_document
 from ingest.parse import ParseError, is_supported, parse_file
-from ingest.split import HEADING_SEPARATOR, ChineseTextSplitter, TextChunk
+from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
 from kbcore.store import KnowledgeBase, NewChunk, text_hash
-from kbcore.text import TOKENIZER_VERSION, passage_text, search_tokens
+from kbcore.text import TOKENIZER_VERSION, chunk_tokens, passage_text
 
 FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
 STAGES = ("scan", "parse", "clean", "split", "tokens", "model", "embed", "store")  # model = loading the embedder
@@ -298,7 +298,7 @@ class _Ingester:
             return FileResult(source, "failed", "no text left after cleaning", parsed.page_count,
                               seconds=time.perf_counter() - t0)
         # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
-        tokens = [" ".join(search_tokens(passage_text(c.heading, c.text))) for c in chunks]
+        tokens = [chunk_tokens(c.heading, c.text) for c in chunks]
         self._timed("tokens", t)
         same_bytes = previous is not None and previous.content_hash == digest
         return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks, tokens, t0,

@@ -65,6 +65,16 @@ def search_tokens(text: str) -> list[str]:
     return out
 
 
+def chunk_tokens(heading: str, text: str) -> str:
+    """The search tokens stored for a chunk (space-joined): those of its title, heading and text, the same
+    ``passage_text`` the embedder sees.
+
+    >>> chunk_tokens("政府采购法 > 第二章", "限价").split()[-4:]
+    ['第二', '二章', '限价', '限价']
+    """
+    return " ".join(search_tokens(passage_text(heading, text)))
+
+
 def passage_text(heading: str, text: str) -> str:
     """What the embedder and BM25 see for a chunk: the document title and the chunk's own heading, then its
     text. The title lets the right law win among similar ones; the middle of a long path adds little.

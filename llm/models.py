@@ -140,8 +140,12 @@ class LoadedModel:
         and quantised the model ran at 22 tok/s (int8, 0.5B) and at 15 tok/s in any other thread; it also keeps
         two chats from generating on one model at once."""
         if self.runner is None:
-            self.runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbchat-llm")
+            self.runner = _model_thread()
         return self.runner.submit(fn, *args, **kwargs)
+
+
+def _model_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbchat-llm")
 
 
 def pick_device(settings: LLMSettings) -> str:
@@ -257,7 +261,7 @@ def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = P
 
 
 def _load_serving(settings: LLMSettings, cache_dir: Path, adapters_dir: Path) -> LoadedModel:
-    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbchat-llm")
+    runner = _model_thread()
     loaded = runner.submit(_load, settings, cache_dir, adapters_dir, for_training=False).result()
     loaded.runner = runner
     return loaded

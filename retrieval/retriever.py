@@ -17,7 +17,7 @@ import numpy as np
 from kbcore.config import RetrievalSettings, Settings
 from kbcore.embedding import Embedder
 from kbcore.store import KnowledgeBase
-from kbcore.text import TOKENIZER_VERSION, passage_text, search_tokens
+from kbcore.text import TOKENIZER_VERSION, chunk_tokens, search_tokens
 from kbcore.types import Chunk, Hit
 from retrieval import fusion
 from retrieval.lexical import BM25Index
@@ -94,7 +94,7 @@ class Retriever:
                 if self.kb.settings().get("tokenizer_version") not in (None, TOKENIZER_VERSION):
                     # Built by an older tokeniser: re-tokenise in memory rather than mismatch query and index.
                     chunks = self.kb.get_chunks(ids)
-                    tokens = [" ".join(search_tokens(passage_text(chunks[i].heading, chunks[i].text))) for i in ids]
+                    tokens = [chunk_tokens(chunks[i].heading, chunks[i].text) for i in ids]
                 self._bm25, self._bm25_generation = BM25Index.build(ids, tokens), generation
             return self._bm25
 
