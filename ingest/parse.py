@@ -160,11 +160,16 @@ def _parse_pdf(path: Path) -> ParsedDocument:
     return ParsedDocument(path, "pdf", title, pages, headings, tables)
 
 
+_PAGE_NUMBER_LINE = re.compile(r"^[-–—\s\divxlc]*$", re.IGNORECASE)
+_CONTENTS_TITLE = re.compile(r"^(目\s*录|contents|table of contents)$", re.IGNORECASE)
+
+
 def _first_line(pages: list[Page]) -> str:
+    """The first line that is not a page number, or "" when the document opens with its contents."""
     for page in pages:
         for line in page.text.splitlines():
-            if line.strip():
-                return line.strip()[:80]
+            if not _PAGE_NUMBER_LINE.match(line):
+                return "" if _CONTENTS_TITLE.match(line.strip()) else line.strip()[:80]
     return ""
 
 

@@ -124,7 +124,9 @@ def _sections(doc: CleanDocument) -> list[_Section]:
     stack: list[tuple[int, str]] = []
     first = headings[0][0] if headings else len(doc.text)
     if doc.text[:first].strip():
-        sections.append(_Section(0, first, (), 0))
+        # A lone line before the first heading (the title, "目录") joins what follows instead of being a chunk.
+        lone_line = "\n" not in doc.text[:first].strip() and headings
+        sections.append(_Section(0, first, (), first if lone_line else 0))
     for i, (start, line_end, level, title) in enumerate(headings):
         while stack and stack[-1][0] >= level:
             stack.pop()
@@ -178,13 +180,25 @@ class ChineseTextSplitter:
 
     def split(self, doc: CleanDocument) -> list[TextChunk]:
         spans: list[tuple[int, int, tuple[str, ...]]] = []
-        carried: int | None = None  # start of a heading line that had no text of its own
+        carried: int | None = None  # start of heading lines that had no text of their own
+        carried_depth, listing = 0, False
         sections = _sections(doc)
         for section in sections:
-            start = section.start if carried is None else carried
             if not doc.text[section.body_start:section.end].strip():
-                carried = start
+                if carried is None:
+                    carried, listing = section.start, False
+                else:
+                    # A sibling after an empty heading: a list of headings (a contents page), not a parent.
+                    listing = listing or len(section.path) <= carried_depth
+                carried_depth = len(section.path)
                 continue
+            start = section.start
+            if carried is not None and listing:
+                # The contents stand alone, so no chapter's text shares a chunk (and its penalty) with them.
+                top = section.path[:1] if doc.title else ()
+                spans.extend((a, b, top) for a, b in self._pack(doc.text, carried, carried, section.start))
+            elif carried is not None:
+                start = carried
             carried = None
             spans.extend((a, b, section.path) for a, b in self._pack(doc.text, start, section.body_start, section.end))
         if carried is not None and doc.text[carried:].strip():

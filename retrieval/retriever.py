@@ -28,18 +28,31 @@ MAX_QUERY_CHARS = 2000
 # answers them; such chunks keep this fraction of their score.
 CONTENTS_PENALTY = 0.25
 
-_CONTENTS_LINE = re.compile(
-    r"^\s*(\d+(\.\d+)*\.?|[ivxlc]+)\s*$"                     # a bare section or page number
-    r"|(\.{3,}|…{2,}|·{3,}|-{3,}|\s{2,})\s*\d{1,4}\s*$"          # dot leaders then a page number
-    r"|^\s*(第.{1,6}[章节篇部]|\d+(\.\d+)*\.?)\s*\S.{0,40}?\s\d{1,4}\s*$",  # "1.2 heading 7"
+_NUMERALS = r"一二三四五六七八九十百零〇\d"
+# "heading 7", never a table row (ingest joins cells with " | ").
+_PAGE_REFERENCE = re.compile(r"^(?!.*\|)\S.{0,60}?\s(\d{1,3}|[ivxlc]{1,6})\s*$", re.IGNORECASE)
+# Lines a contents page is made of, once ingest has replaced dot leaders by a space:
+_CONTENTS_ENTRY = re.compile(
+    r"^\s*(?:\d+(?:\.\d+)*\.?|[ivxlc]+|[A-Z](?:\.\d+)*|appendix\s+[A-Z])\s*$"  # a bare section or page number
+    rf"|^\s*(?:第[{_NUMERALS}]+[章节篇部编]|\d+(?:\.\d+)+\.?|chapter\s+\d+|附[录件])[^。，；！？,;!?]{{0,30}}$"  # heading only
+    r"|^\s*(?:目\s*录|contents|table of contents)\s*$",
     re.IGNORECASE)
-_CONTENTS_STRUCTURE = re.compile(r"^\s*(\d+\.\d+|第.{1,6}[章节篇部])|\.{3,}|…{2,}|·{3,}")
+# Section numbers ("1.2", "第三章"), or page numbers that never go down, tell a contents page from a numbered
+# list or a column of figures.
+_CONTENTS_STRUCTURE = re.compile(rf"^\s*(?:\d+\.\d+|第[{_NUMERALS}]+[章节篇部编]|chapter\s+\d+)", re.IGNORECASE)
 
 
 def looks_like_contents(text: str) -> bool:
-    r"""True for a chunk that is mostly a table of contents: most of its lines are headings with page numbers.
+    r"""True for a chunk that is mostly a table of contents: its lines are headings, section numbers and page
+    numbers, in any of the layouts PDF text extraction gives them.
 
-    >>> looks_like_contents("目录\n第一章 总则 ........ 1\n第二章 当事人 ........ 3\n第三章 方式 ........ 7\n第四章 程序 ..... 9")
+    >>> looks_like_contents("目录\n第一章 总则 1\n第二章 当事人 3\n第三章 方式 7\n第四章 程序 9")
+    True
+    >>> looks_like_contents("2.1\nASN.1 syntax 2\n2.2\nNaming 3\n2.3\nSimple parsing 4")
+    True
+    >>> looks_like_contents("目录\n1 总则 2\n2 采购当事人 3\n3 采购方式 4\n4 采购程序 5")
+    True
+    >>> looks_like_contents("目 录\n第一章 总则\n第二章 政府采购当事人\n第三章 政府采购方式\n第四章 政府采购程序")
     True
     >>> looks_like_contents("第一条 为了规范政府采购行为，制定本法。\n第二条 在中华人民共和国境内进行的政府采购适用本法。")
     False
@@ -47,9 +60,12 @@ def looks_like_contents(text: str) -> bool:
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) < 4:
         return False
-    # Section numbers ("1.2", "第三章") or dot leaders tell a contents page from a numbered code listing.
     structured = sum(bool(_CONTENTS_STRUCTURE.search(line)) for line in lines)
-    return structured >= 2 and sum(bool(_CONTENTS_LINE.search(line)) for line in lines) >= 0.5 * len(lines)
+    pages = [int(m[1]) for line in lines if (m := _PAGE_REFERENCE.search(line)) and m[1].isdigit()]
+    if len(pages) >= 3 and pages == sorted(pages):
+        structured += len(pages)
+    entries = sum(bool(_CONTENTS_ENTRY.search(line) or _PAGE_REFERENCE.search(line)) for line in lines)
+    return structured >= 2 and entries >= 0.6 * len(lines)
 
 
 class Reranker(Protocol):
