@@ -86,8 +86,8 @@ class LLMSettings:
     model: str = "qwen2.5-0.5b"
     # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU; "int8" on a CPU, where bitsandbytes' 4-bit
     # kernels decoded 2.6 tok/s on a 2-core AVX2 EPYC against 20-22 for int8, TTFT 5.7 s vs 4.1 s (bench_llm).
-    # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call) with the MLP
-    # down-projections in fp16 (their inputs carry outliers); on CUDA: bitsandbytes LLM.int8.
+    # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
+    # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
     # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
     # "nf4" runs on CPU too; "bf16"/"fp32" are the plain fallbacks.
     quantization: Literal["auto", "nf4", "int8", "fp16", "bf16", "fp32"] = "auto"

@@ -163,35 +163,6 @@ def resolve_quantization(settings: LLMSettings, device: str) -> str:
     return "nf4" if device == "cuda" else "int8"
 
 
-# Linear layers whose input is the MLP's gated activation: it carries outlier channels (input magnitudes up to
-# 565 in Qwen2.5-0.5B against under 180 elsewhere) that per-call int8 activation scales flatten. Kept in fp16
-# they cost a little speed: on ../shared/eval prompts, KL to fp32 was 0.98 with them in int8, 0.08 in fp16
-# (bitsandbytes NF4: 0.10).
-OUTLIER_INPUT_LAYERS = ("down_proj", "fc2", "w2", "dense_4h_to_h")
-
-
-def quantize_for_cpu(model, mode: str):
-    """Swap every ``nn.Linear`` for torch's dynamically quantised CPU kernel (fbgemm), in place.
-
-    ``int8``: per-channel int8 weights, activations quantised on the fly (``OUTLIER_INPUT_LAYERS`` in fp16);
-    ``fp16``: fp16 weights for all. Both compute in fp32 and read a half or a quarter of fp32's bytes per token,
-    which is what bounds decoding on a CPU.
-    """
-    import warnings
-
-    import torch
-    from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-
-    spec = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            fp16 = mode == "fp16" or name.rsplit(".", 1)[-1] in OUTLIER_INPUT_LAYERS
-            spec[name] = float16_dynamic_qconfig if fp16 else per_channel_dynamic_qconfig
-    with warnings.catch_warnings():  # torch.ao's eager quantisation announces its move to torchao
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, spec, inplace=True)
-
-
 def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_training: bool) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -235,6 +206,8 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
         # The CPU kernels hold no nn.Linear for peft to wrap: the adapter is merged into the fp32 weights first.
         loaded = apply_adapter(loaded, settings.adapter, adapters_dir, merge=cpu_kernels)
     if cpu_kernels:
+        from llm.cpu_kernels import quantize_for_cpu
+
         quantize_for_cpu(loaded.model, quantization)
     return loaded
 
