@@ -36,7 +36,7 @@ from ingest.parse import ParseError, is_supported, parse_file
 from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
 from kbcore.store import KnowledgeBase, NewChunk, text_hash
-from kbcore.text import TOKENIZER_VERSION, chunk_tokens, passage_text
+from kbcore.text import TOKENIZER_VERSION, chunk_tokens, openings, passage_text
 
 FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
 STAGES = ("scan", "parse", "clean", "split", "tokens", "model", "embed", "store")  # model = loading the embedder
@@ -122,7 +122,7 @@ def kb_settings_record(settings: Settings) -> dict[str, str]:
     """What a knowledge base records about how its chunks were made."""
     return {"chunk_size": str(settings.chunking.chunk_size), "chunk_overlap": str(settings.chunking.chunk_overlap),
             "tokenizer_version": TOKENIZER_VERSION, "ingest_version": INGEST_VERSION,
-            "passage_text": "title > heading\\ntext"}
+            "passage_text": "title > heading\\nopening\\ntext", "opening_chars": str(settings.chunking.opening_chars)}
 
 
 class _LazyEmbedder:
@@ -197,6 +197,7 @@ class _Prepared:
     title: str
     pages: int
     chunks: list[TextChunk]
+    openings: list[str]
     tokens: list[str]
     started: float
     reason: str = ""
@@ -217,8 +218,12 @@ class _Ingester:
         self.stored = {d.source: d for d in kb.documents()}
         # Chunks made under other chunk settings (or an older splitter or tokeniser) are redone even for
         # unchanged files; their vectors are reused wherever heading and text come out the same.
-        recorded, wanted = kb.settings(), kb_settings_record(settings)
-        self.changed_settings = {k: (recorded[k], v) for k, v in wanted.items() if k in recorded and recorded[k] != v}
+        recorded, self.wanted_settings = kb.settings(), kb_settings_record(settings)
+        self.changed_settings = {k: (recorded[k], v) for k, v in self.wanted_settings.items()
+                                 if k in recorded and recorded[k] != v}
+        # Stored vectors embedded the same passage text only if they carried the same opening.
+        self.opening_chars = settings.chunking.opening_chars
+        self.same_openings = recorded.get("opening_chars", "0") == str(self.opening_chars)
         if self.changed_settings:
             was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in self.changed_settings.items())
             self.report.notes.append(f"chunking changed since this knowledge base was built ({was}): "
@@ -262,7 +267,7 @@ class _Ingester:
                 self.progress(n + 1, total, source, result)
             started = time.perf_counter()
             if self.changed_settings and not self.report.failures:
-                writer.set_settings({k: new for k, (_old, new) in self.changed_settings.items()})
+                writer.set_settings(self.wanted_settings)
         self._timed("store", started)  # the search index is rewritten when the writer closes
         return self.report
 
@@ -298,15 +303,17 @@ class _Ingester:
             return FileResult(source, "failed", "no text left after cleaning", parsed.page_count,
                               seconds=time.perf_counter() - t0)
         # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
-        tokens = [chunk_tokens(c.heading, c.text) for c in chunks]
+        chunk_openings = openings(chunks, self.opening_chars)
+        tokens = [chunk_tokens(c.heading, c.text, o) for c, o in zip(chunks, chunk_openings)]
         self._timed("tokens", t)
         same_bytes = previous is not None and previous.content_hash == digest
-        return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks, tokens, t0,
+        return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks,
+                         chunk_openings, tokens, t0,
                          "unchanged file, split again because chunking changed" if same_bytes else "")
 
     def _store(self, writer, prepared: "_Prepared") -> FileResult:
         t = time.perf_counter()
-        vectors, embedded = self._vectors(prepared.source, prepared.chunks)
+        vectors, embedded = self._vectors(prepared.source, prepared.chunks, prepared.openings)
         t = self._timed("embed", t)
         new_chunks = [NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text, tokens)
                       for c, tokens in zip(prepared.chunks, prepared.tokens)]
@@ -318,12 +325,14 @@ class _Ingester:
         return FileResult(prepared.source, status, prepared.reason, prepared.pages, len(prepared.chunks), embedded,
                           seconds=time.perf_counter() - prepared.started)
 
-    def _vectors(self, source: str, chunks: list[TextChunk]) -> tuple[np.ndarray, int]:
-        """Vectors for the chunks: reused for text+heading unchanged since the stored version, else embedded."""
+    def _vectors(self, source: str, chunks: list[TextChunk], chunk_openings: list[str]) -> tuple[np.ndarray, int]:
+        """Vectors for the chunks: reused where heading, text and opening are unchanged since the stored
+        version, else embedded."""
         reusable: dict[str, np.ndarray] = {}
-        if source in self.stored:
-            old = {(c.heading, c.text) for c in self.kb.chunks(source)}
-            wanted = [text_hash(c.text) for c in chunks if (c.heading, c.text) in old]
+        if source in self.stored and self.same_openings:
+            stored = self.kb.chunks(source)
+            old = set(zip((c.heading for c in stored), (c.text for c in stored), openings(stored, self.opening_chars)))
+            wanted = [text_hash(c.text) for c, o in zip(chunks, chunk_openings) if (c.heading, c.text, o) in old]
             reusable = self.kb.vectors_by_text_hash(wanted) if wanted else {}
         todo = [i for i, c in enumerate(chunks) if text_hash(c.text) not in reusable]
         embedder = self.embedder.get() if todo else None
@@ -335,7 +344,8 @@ class _Ingester:
         # Large slices let the embedder sort by length and pad little; slicing at all keeps progress moving.
         for start in range(0, len(todo), EMBED_SLICE):
             part = todo[start:start + EMBED_SLICE]
-            vectors[part] = embedder.embed_passages([passage_text(chunks[i].heading, chunks[i].text) for i in part])
+            vectors[part] = embedder.embed_passages([passage_text(chunks[i].heading, chunks[i].text, chunk_openings[i])
+                                                     for i in part])
             self.on_embedded(len(part))
         return vectors, len(todo)
 
@@ -407,12 +417,14 @@ def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int =
         embedder = load_embedder(settings.embedding, settings.cache_dir)
         with kb.writer() as writer:
             chunks = kb.chunks()
+            chunk_openings = openings(chunks, int(kb.settings().get("opening_chars", "0")))
             vectors: dict[int, np.ndarray] = {}
             if progress:
                 progress(0, len(chunks))
             for start in range(0, len(chunks), batch_size):
                 part = chunks[start:start + batch_size]
-                embedded = embedder.embed_passages([passage_text(c.heading, c.text) for c in part])
+                embedded = embedder.embed_passages([passage_text(c.heading, c.text, o) for c, o in
+                                                    zip(part, chunk_openings[start:start + batch_size])])
                 vectors.update({c.id: v for c, v in zip(part, embedded)})
                 if progress:
                     progress(len(vectors), len(chunks))

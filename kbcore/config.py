@@ -58,6 +58,9 @@ class ChunkSettings:
     # Characters, not tokens: Chinese text is about one token per character for the default embedder.
     chunk_size: int = 300
     chunk_overlap: int = 50
+    # Characters of a document's opening (title, parties, case number, issuer) that every later chunk carries
+    # into embedding and BM25; 0 turns it off. See kbcore.text.passage_text.
+    opening_chars: int = 150
 
 
 @dataclass(frozen=True)

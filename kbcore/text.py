@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from typing import Sequence
 
 # Bump when search_tokens changes: knowledge bases record it and retrieval re-tokenises older ones.
 TOKENIZER_VERSION = "jieba-search+bigrams-2"
@@ -65,25 +66,77 @@ def search_tokens(text: str) -> list[str]:
     return out
 
 
-def chunk_tokens(heading: str, text: str) -> str:
-    """The search tokens stored for a chunk (space-joined): those of its title, heading and text, the same
-    ``passage_text`` the embedder sees.
+def chunk_tokens(heading: str, text: str, opening: str = "") -> str:
+    """The search tokens stored for a chunk (space-joined): those of the same ``passage_text`` the embedder
+    sees.
 
     >>> chunk_tokens("政府采购法 > 第二章", "限价").split()[-4:]
     ['第二', '二章', '限价', '限价']
     """
-    return " ".join(search_tokens(passage_text(heading, text)))
+    return " ".join(search_tokens(passage_text(heading, text, opening)))
 
 
-def passage_text(heading: str, text: str) -> str:
-    """What the embedder and BM25 see for a chunk: the document title and the chunk's own heading, then its
-    text. The title lets the right law win among similar ones; the middle of a long path adds little.
+def passage_text(heading: str, text: str, opening: str = "") -> str:
+    """What the embedder and BM25 see for a chunk: the document title and the chunk's own heading, the
+    document's ``opening`` (given for every chunk but the first, which holds it), then the chunk's text.
+
+    The title lets the right law win among similar ones; the middle of a long path adds little. The opening
+    is for look-alike documents (judgments, contracts, forms from one template): the passage that answers
+    rarely repeats the parties, case number or issuer that tell its document apart, and without them neither
+    embedding nor BM25 can prefer the right document's passage to its twins'.
 
     >>> passage_text("政府采购法 > 第二章 政府采购当事人", "第十五条 ……")
     '政府采购法 > 第二章 政府采购当事人\\n第十五条 ……'
     >>> passage_text("FAQ > 第 7 章 > 7.1. 什么是软件包？", "正文")
     'FAQ > 7.1. 什么是软件包？\\n正文'
+    >>> passage_text("民事判决书", "判决如下：……", opening="（2022）京0105民初39193号 原告：周雨敏")
+    '民事判决书\\n（2022）京0105民初39193号 原告：周雨敏\\n判决如下：……'
     """
     parts = heading.split(HEADING_SEPARATOR) if heading else []
     context = HEADING_SEPARATOR.join(parts[:1] + parts[-1:] if len(parts) > 1 else parts)
-    return f"{context}\n{text}" if context else text
+    return "\n".join(part for part in (context, opening.strip(), text) if part)
+
+
+# A line of a document's identity block: short, and either no sentence ("（2022）京0105民初39193号",
+# "版本 11.0") or a "label: value" line ("原告：周雨敏，住北京市。", "甲方：某某公司").
+_IDENTITY_LINE = re.compile(r"^(?:[^。！？.!?]{1,60}|[^\s：:]{1,8}[：:].{1,52})$")
+# Where a document's body begins: chapters, articles, numbered sections.
+_BODY_START = re.compile(r"^(?:第[一二三四五六七八九十百零〇\d]+[章节条编部篇]|[一二三四五六七八九十]+、|\d+(?:\.\d+)*[.、\s]|chapter\b)",
+                         re.IGNORECASE)
+
+
+def document_opening(first_chunk: str, heading: str, chars: int) -> str:
+    """The identity block at the head of a document: its leading short lines (court, case number, parties,
+    document number, version), up to the first line of body text, without what the heading already holds.
+
+    >>> document_opening("某某法院\\n民事判决书\\n（2022）京0105民初39193号\\n原告：周雨敏，住北京市。\\n原告诉称，被告借款到期未还。", "某某法院", 150)
+    '民事判决书\\n（2022）京0105民初39193号\\n原告：周雨敏，住北京市。'
+    >>> document_opening("政府采购需求管理办法\\n第一章 总则\\n第一条 为加强……", "政府采购需求管理办法", 150)
+    ''
+    """
+    lines = []
+    for line in first_chunk.splitlines():
+        line = line.strip()
+        if not line or line in heading:
+            continue
+        if _BODY_START.match(line) or not _IDENTITY_LINE.match(line):
+            break
+        lines.append(line)
+    return "\n".join(lines)[:chars]
+
+
+def openings(chunks: Sequence, chars: int) -> list[str]:
+    """For chunks in document order (objects with ``ordinal``, ``heading`` and ``text``; several documents may
+    follow each other), the ``opening`` each one's passage text carries: its document's identity block (see
+    ``document_opening``), or "" for a first chunk, which holds it.
+
+    >>> from types import SimpleNamespace as C
+    >>> openings([C(ordinal=0, heading="合同", text="合同\\n甲方：张三\\n第一条 ……"), C(ordinal=1, heading="合同", text="第二条")], 150)
+    ['', '甲方：张三']
+    """
+    out, current = [], ""
+    for chunk in chunks:
+        if chunk.ordinal == 0:
+            current = document_opening(chunk.text, chunk.heading, chars) if chars > 0 else ""
+        out.append("" if chunk.ordinal == 0 else current)
+    return out

@@ -17,7 +17,7 @@ import numpy as np
 from kbcore.config import RetrievalSettings, Settings
 from kbcore.embedding import Embedder
 from kbcore.store import KnowledgeBase
-from kbcore.text import TOKENIZER_VERSION, chunk_tokens, search_tokens
+from kbcore.text import TOKENIZER_VERSION, chunk_tokens, openings, search_tokens
 from kbcore.types import Chunk, Hit
 from retrieval import fusion
 from retrieval.lexical import BM25Index
@@ -109,8 +109,11 @@ class Retriever:
                 ids, tokens = self.kb.search_tokens()
                 if self.kb.settings().get("tokenizer_version") not in (None, TOKENIZER_VERSION):
                     # Built by an older tokeniser: re-tokenise in memory rather than mismatch query and index.
-                    chunks = self.kb.get_chunks(ids)
-                    tokens = [chunk_tokens(chunks[i].heading, chunks[i].text) for i in ids]
+                    chunks = sorted(self.kb.get_chunks(ids).values(), key=lambda c: (c.document_id, c.ordinal))
+                    chars = int(self.kb.settings().get("opening_chars", "0"))
+                    retokenised = {c.id: chunk_tokens(c.heading, c.text, opening)
+                                   for c, opening in zip(chunks, openings(chunks, chars))}
+                    tokens = [retokenised[i] for i in ids]
                 self._bm25, self._bm25_generation = BM25Index.build(ids, tokens), generation
             return self._bm25
 

@@ -21,6 +21,7 @@ from ingest.pipeline import delete_document, ingest_files, ingest_folder, passag
 from ingest.split import split_document
 from kbcore.config import load_settings
 from kbcore.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseBusyError, NewChunk
+from kbcore.text import openings
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -230,7 +231,8 @@ def test_embedding_mismatch_then_rebuild(tmp_path, settings, embedder):
     assert (kb.embedding_model, kb.dimension) == (embedder.model_id, embedder.dimension)
     stored = kb.chunks("旧.md")
     _, vectors = kb.vectors()
-    expected = embedder.embed_passages([passage_text(c.heading, c.text) for c in stored])
+    expected = embedder.embed_passages([passage_text(c.heading, c.text, opening)
+                                        for c, opening in zip(stored, openings(stored, settings.chunking.opening_chars))])
     assert np.allclose(vectors, expected, atol=1e-4)
     top = kb.dense_search(embedder.embed_query("金额超过五万元需要谁签字？"), k=1)
     assert "五万元" in kb.get_chunks([top[0][0]])[top[0][0]].text
@@ -256,3 +258,33 @@ def test_changed_chunk_settings_split_unchanged_files_again(tmp_path, settings):
     # Splitting the same way again needs no embedding (and none at all once the kb records the new settings).
     again = ingest_folder(docs, smaller, kb_path=kb_path)
     assert again.chunks_embedded == 0 and again.results[0].status in ("updated", "skipped")
+
+
+def test_a_changed_identity_block_re_embeds_the_chunks_that_carry_it(tmp_path, settings, embedder):
+    """Chunks after the first are embedded with the document's identity block, so their stored vectors are
+    reused only while both their text and that block are unchanged."""
+    body = "".join(f"第{n}项 原告主张被告应当返还借款本金及相应利息，并承担本案全部诉讼费用，本院依法予以审查。" for n in range(12))
+
+    def write(case_number: str, last_words: str) -> None:
+        (tmp_path / "docs").mkdir(exist_ok=True)
+        (tmp_path / "docs" / "判决.txt").write_text(
+            f"民事判决书\n{case_number}\n原告：周雨敏，住北京市。\n被告：陈华，住北京市。\n{body}{last_words}\n",
+            encoding="utf-8")
+
+    kb_path = tmp_path / "kb"
+    write("（2022）京0105民初39193号", "判决如下。")
+    first = ingest_folder(tmp_path / "docs", settings, kb_path=kb_path)
+    assert first.chunks >= 3 and first.chunks_embedded == first.chunks
+    write("（2023）京0105民初11111号", "判决如下。")  # only the identity block changes
+    assert ingest_folder(tmp_path / "docs", settings, kb_path=kb_path).chunks_embedded == first.chunks
+    write("（2023）京0105民初11111号", "特此判决。")  # only the last chunk's text changes
+    assert ingest_folder(tmp_path / "docs", settings, kb_path=kb_path).chunks_embedded == 1
+
+    kb = KnowledgeBase(kb_path)
+    stored = kb.chunks("判决.txt")
+    assert openings(stored, settings.chunking.opening_chars)[1] == \
+        "（2023）京0105民初11111号\n原告：周雨敏，住北京市。\n被告：陈华，住北京市。"
+    expected = embedder.embed_passages([passage_text(c.heading, c.text, opening)
+                                        for c, opening in zip(stored, openings(stored, settings.chunking.opening_chars))])
+    assert np.allclose(kb.vectors()[1], expected, atol=1e-4)
+    kb.close()
