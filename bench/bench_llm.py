@@ -86,9 +86,10 @@ def run_one(mode: str, new_tokens: int, cache: str) -> dict:
 
 def native_bf16() -> bool:
     import torch
-    from bitsandbytes.functional import has_avx512bf16
 
-    return torch.cuda.is_available() or has_avx512bf16()
+    from llm.models import cpu_has_native_bf16
+
+    return torch.cuda.is_available() or cpu_has_native_bf16()
 
 
 def time_conversion() -> float:

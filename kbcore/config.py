@@ -88,7 +88,8 @@ class LLMSettings:
     # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
     model: str = "qwen2.5-0.5b"
     # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU; "int8" on a CPU, where bitsandbytes' 4-bit
-    # kernels decoded 2.6 tok/s on a 2-core AVX2 EPYC against 20-22 for int8, TTFT 5.7 s vs 4.1 s (bench_llm).
+    # kernels decoded 2.6 tok/s on a 2-core AVX2 EPYC against 20-22 for int8, TTFT 5.7 s vs 4.1 s, and on a
+    # 2-core Sapphire Rapids 19.2 tok/s against 24.6, TTFT 4.6 s vs 1.7 s (bench_llm).
     # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
     # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
     # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
