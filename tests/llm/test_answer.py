@@ -137,3 +137,21 @@ def test_real_model_answers_with_the_key_fact_and_cites_the_right_page(settings,
     assert any(c.source == "zhengfu-caigou-fa.pdf" and 1 in c.pages for c in result.citations), result
     absent = answerer.answer("法国的首都是哪里？")
     assert not absent.found and absent.text == NOT_FOUND["zh"]
+
+
+def test_an_answer_cannot_open_with_a_banned_token_but_may_use_it_later(tiny):
+    from llm.answer import SuppressFirstToken
+
+    _, loaded = tiny
+    ids = loaded.tokenizer("供应商应当具备什么条件？", return_tensors="pt")["input_ids"]
+
+    def generate(banned=()):
+        out = loaded.model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                    logits_processor=[SuppressFirstToken(list(banned), ids.shape[1])])
+        return out[0, ids.shape[1]:].tolist()
+
+    free = generate()
+    assert len(set(free[:2])) == 2
+    assert generate([free[0]])[0] != free[0]
+    # Banning the token the model picks second changes nothing: only the first position is constrained.
+    assert generate([free[1]]) == free
