@@ -97,21 +97,28 @@ def passage_text(heading: str, text: str, opening: str = "") -> str:
     return "\n".join(part for part in (context, opening.strip(), text) if part)
 
 
-# A line of a document's identity block: short, and either no sentence ("（2022）京0105民初39193号",
-# "版本 11.0") or a "label: value" line ("原告：周雨敏，住北京市。", "甲方：某某公司").
-_IDENTITY_LINE = re.compile(r"^(?:[^。！？.!?]{1,60}|[^\s：:]{1,8}[：:].{1,52})$")
+# The head of a document is short lines, not sentences (a "label: value" line may end like one).
+_HEAD_LINE = re.compile(r"^(?:[^。！？.!?]{1,60}|[^\s：:]{1,8}[：:].{1,52})$")
+# Of those, the identity block keeps what names this document: "label: value" lines ("原告：周雨敏，住北京市。",
+# "甲方：某某公司") and lines with a number ("（2022）京0105民初39193号", "财库〔2014〕214号"), but no
+# copyright or licence notice, which many documents share.
+_LABELLED = re.compile(r"^[^\s：:]{1,8}[：:]")
+_NUMBERED = re.compile(r"\d{2,}")
+_NOTICE = re.compile(r"©|\(c\)|版权|copyright|licen[cs]e|许可|all rights reserved", re.IGNORECASE)
 # Where a document's body begins: chapters, articles, numbered sections.
 _BODY_START = re.compile(r"^(?:第[一二三四五六七八九十百零〇\d]+[章节条编部篇]|[一二三四五六七八九十]+、|\d+(?:\.\d+)*[.、\s]|chapter\b)",
                          re.IGNORECASE)
 
 
 def document_opening(first_chunk: str, heading: str, chars: int) -> str:
-    """The identity block at the head of a document: its leading short lines (court, case number, parties,
-    document number, version), up to the first line of body text, without what the heading already holds.
+    """The identity block at the head of a document: of its leading short lines, up to the first line of body
+    text, those that name this document (case number, parties, document number) rather than its kind.
 
     >>> document_opening("某某法院\\n民事判决书\\n（2022）京0105民初39193号\\n原告：周雨敏，住北京市。\\n原告诉称，被告借款到期未还。", "某某法院", 150)
-    '民事判决书\\n（2022）京0105民初39193号\\n原告：周雨敏，住北京市。'
+    '（2022）京0105民初39193号\\n原告：周雨敏，住北京市。'
     >>> document_opening("政府采购需求管理办法\\n第一章 总则\\n第一条 为加强……", "政府采购需求管理办法", 150)
+    ''
+    >>> document_opening("Josip Rodin、Osamu Aoki\\n版权© 1998-2002 Josip Rodin\\n本文档描述了如何构建软件包。", "手册", 150)
     ''
     """
     lines = []
@@ -119,9 +126,10 @@ def document_opening(first_chunk: str, heading: str, chars: int) -> str:
         line = line.strip()
         if not line or line in heading:
             continue
-        if _BODY_START.match(line) or not _IDENTITY_LINE.match(line):
+        if _BODY_START.match(line) or not _HEAD_LINE.match(line):
             break
-        lines.append(line)
+        if (_LABELLED.match(line) or _NUMBERED.search(line)) and not _NOTICE.search(line):
+            lines.append(line)
     return "\n".join(lines)[:chars]
 
 
