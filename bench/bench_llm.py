@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 EVAL = ROOT.parent / "shared" / "eval"
+QUESTION = "政府采购的供应商应当具备哪些条件？"
 
 
 def passages_for_prompt(tokenizer, target_tokens: int = 850):
@@ -35,7 +36,7 @@ def passages_for_prompt(tokenizer, target_tokens: int = 850):
     from kbcore.types import Chunk, Hit
     from llm.prompts import build_messages, render_prompt
 
-    question = "政府采购的供应商应当具备哪些条件？"
+    question = QUESTION
     hits = []
     with pymupdf.open(EVAL / "docs" / "zhengfu-caigou-fa.pdf") as doc:
         text = "".join(page.get_text() for page in doc).replace("\n", "")
@@ -52,6 +53,7 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
     from transformers import TextIteratorStreamer
 
     from kbcore.config import load_settings
+    from kbcore.embedding import load_embedder
     from llm.answer import Answerer
     from llm.models import load_model
 
@@ -59,6 +61,7 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
     start = time.perf_counter()
     loaded = load_model(settings.llm, settings.cache_dir)
     load_s = time.perf_counter() - start
+    embedder = load_embedder(settings.embedding, settings.cache_dir)
     prompt = passages_for_prompt(loaded.tokenizer)
     prompt_tokens = len(loaded.tokenizer(prompt)["input_ids"])
     results = []
@@ -69,6 +72,7 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
         if generation == "transformers":
             del kwargs["past_key_values"]
             kwargs["begin_suppress_tokens"] = kwargs.pop("logits_processor")[0].token_ids
+        embedder.embed_query(QUESTION)  # retrieval embeds the question first, on the caller's thread
         t0 = time.perf_counter()
         running = loaded.submit(loaded.model.generate, **kwargs)  # on the model's own thread, as llm.answer
         first = None

