@@ -122,7 +122,28 @@ def kb_settings_record(settings: Settings) -> dict[str, str]:
     """What a knowledge base records about how its chunks were made."""
     return {"chunk_size": str(settings.chunking.chunk_size), "chunk_overlap": str(settings.chunking.chunk_overlap),
             "tokenizer_version": TOKENIZER_VERSION, "ingest_version": INGEST_VERSION,
-            "passage_text": "title > heading\\nopening\\ntext", "opening_chars": str(settings.chunking.opening_chars)}
+            "passage_text": PASSAGE_FORMAT, "opening_chars": str(settings.chunking.opening_chars)}
+
+
+# What the embedder sees for a chunk (kbcore.text.passage_text); change the name when that changes, so stored
+# vectors made the old way are never reused as if made the new way.
+PASSAGE_FORMAT = "title > heading\\nidentity block 1\\ntext"
+_FORMAT_BEFORE_OPENINGS = "title > heading\\ntext"
+
+
+def stored_opening_chars(recorded: dict[str, str]) -> int | None:
+    """The ``opening_chars`` a knowledge base's stored vectors were embedded with (0 for those from before
+    identity blocks), or None when they were made some other way.
+
+    >>> [stored_opening_chars(r) for r in ({"passage_text": "title > heading\\\\ntext"}, {},
+    ...  {"passage_text": PASSAGE_FORMAT, "opening_chars": "150"}, {"passage_text": "title\\\\ntext"})]
+    [0, 0, 150, None]
+    """
+    if recorded.get("passage_text", _FORMAT_BEFORE_OPENINGS) == _FORMAT_BEFORE_OPENINGS:
+        return 0
+    if recorded.get("passage_text") == PASSAGE_FORMAT:
+        return int(recorded.get("opening_chars", "0"))
+    return None
 
 
 class _LazyEmbedder:
@@ -223,7 +244,8 @@ class _Ingester:
                                  if k in recorded and recorded[k] != v}
         # Stored vectors embedded the same passage text only if they carried the same opening.
         self.opening_chars = settings.chunking.opening_chars
-        self.same_openings = recorded.get("opening_chars", "0") == str(self.opening_chars)
+        # A stored vector is reused only for the same heading, text and identity block as it was embedded with.
+        self.stored_opening_chars = stored_opening_chars(recorded)
         if self.changed_settings:
             was = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in self.changed_settings.items())
             self.report.notes.append(f"chunking changed since this knowledge base was built ({was}): "
@@ -329,9 +351,10 @@ class _Ingester:
         """Vectors for the chunks: reused where heading, text and opening are unchanged since the stored
         version, else embedded."""
         reusable: dict[str, np.ndarray] = {}
-        if source in self.stored and self.same_openings:
+        if source in self.stored and self.stored_opening_chars is not None:
             stored = self.kb.chunks(source)
-            old = set(zip((c.heading for c in stored), (c.text for c in stored), openings(stored, self.opening_chars)))
+            old = set(zip((c.heading for c in stored), (c.text for c in stored),
+                          openings(stored, self.stored_opening_chars)))
             wanted = [text_hash(c.text) for c, o in zip(chunks, chunk_openings) if (c.heading, c.text, o) in old]
             reusable = self.kb.vectors_by_text_hash(wanted) if wanted else {}
         todo = [i for i, c in enumerate(chunks) if text_hash(c.text) not in reusable]
@@ -417,7 +440,7 @@ def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int =
         embedder = load_embedder(settings.embedding, settings.cache_dir)
         with kb.writer() as writer:
             chunks = kb.chunks()
-            chunk_openings = openings(chunks, int(kb.settings().get("opening_chars", "0")))
+            chunk_openings = openings(chunks, stored_opening_chars(kb.settings()) or 0)
             vectors: dict[int, np.ndarray] = {}
             if progress:
                 progress(0, len(chunks))

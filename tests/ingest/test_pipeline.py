@@ -288,3 +288,23 @@ def test_a_changed_identity_block_re_embeds_the_chunks_that_carry_it(tmp_path, s
                                         for c, opening in zip(stored, openings(stored, settings.chunking.opening_chars))])
     assert np.allclose(kb.vectors()[1], expected, atol=1e-4)
     kb.close()
+
+
+def test_upgrading_a_knowledge_base_from_before_identity_blocks_re_embeds_only_what_gained_one(tmp_path, settings):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    clauses = "".join(f"第{n}条 采购人应当按照规定编制采购预算，并在规定的期限内报送财政部门审批和备案。" for n in range(1, 13))
+    (docs / "办法.txt").write_text(f"政府采购管理办法\n第一章 总则\n{clauses}\n", encoding="utf-8")
+    (docs / "判决.txt").write_text(f"民事判决书\n（2022）京0105民初1号\n原告：周雨敏。\n被告：陈华。\n{clauses}\n",
+                                 encoding="utf-8")
+    kb_path = tmp_path / "kb"
+    first = ingest_folder(docs, settings, kb_path=kb_path)
+    kb = KnowledgeBase(kb_path)
+    judgment_chunks = len(kb.chunks("判决.txt"))
+    with kb.writer() as writer:  # as a knowledge base built before identity blocks records itself
+        writer.set_settings({"passage_text": "title > heading\\ntext"})
+    kb.close()
+    again = ingest_folder(docs, settings, kb_path=kb_path)
+    assert again.count("updated") == 2 and again.chunks == first.chunks
+    # The law has no identity block, so its vectors stand; the judgment's later chunks gained one.
+    assert again.chunks_embedded == judgment_chunks - 1
