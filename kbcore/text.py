@@ -104,6 +104,7 @@ _HEAD_LINE = re.compile(r"^(?:[^。！？.!?]{1,60}|[^\s：:]{1,8}[：:].{1,52})
 # copyright or licence notice, which many documents share.
 _LABELLED = re.compile(r"^[^\s：:]{1,8}[：:]")
 _NUMBERED = re.compile(r"\d{2,}")
+_CLAUSE_END = re.compile(r"[，,。；;]")
 _NOTICE = re.compile(r"©|\(c\)|版权|copyright|licen[cs]e|许可|all rights reserved", re.IGNORECASE)
 # Where a document's body begins: chapters, articles, numbered sections.
 _BODY_START = re.compile(r"^(?:第[一二三四五六七八九十百零〇\d]+[章节条编部篇]|[一二三四五六七八九十]+、|\d+(?:\.\d+)*[.、\s]|chapter\b)",
@@ -114,8 +115,9 @@ def document_opening(first_chunk: str, heading: str, chars: int) -> str:
     """The identity block at the head of a document: of its leading short lines, up to the first line of body
     text, those that name this document (case number, parties, document number) rather than its kind.
 
-    >>> document_opening("某某法院\\n民事判决书\\n（2022）京0105民初39193号\\n原告：周雨敏，住北京市。\\n原告诉称，被告借款到期未还。", "某某法院", 150)
-    '（2022）京0105民初39193号\\n原告：周雨敏，住北京市。'
+    >>> document_opening("某某法院\\n民事判决书\\n（2022）京0105民初39193号\\n原告：周雨敏，女，1980年5月1日出生，住北京市。\\n"
+    ...                  "原告周雨敏与被告陈华民间借贷纠纷一案，本院依法审理。", "某某法院", 150)
+    '（2022）京0105民初39193号\\n原告：周雨敏'
     >>> document_opening("政府采购需求管理办法\\n第一章 总则\\n第一条 为加强……", "政府采购需求管理办法", 150)
     ''
     >>> document_opening("Josip Rodin、Osamu Aoki\\n版权© 1998-2002 Josip Rodin\\n本文档描述了如何构建软件包。", "手册", 150)
@@ -126,9 +128,15 @@ def document_opening(first_chunk: str, heading: str, chars: int) -> str:
         line = line.strip()
         if not line or line in heading:
             continue
-        if _BODY_START.match(line) or not _HEAD_LINE.match(line):
+        if _BODY_START.match(line):
             break
-        if (_LABELLED.match(line) or _NUMBERED.search(line)) and not _NOTICE.search(line):
+        if _LABELLED.match(line):  # "原告：张三，男，1980年……出生，住……。": the name is what tells documents apart
+            if not _NOTICE.search(line):
+                lines.append(_CLAUSE_END.split(line, 1)[0])
+            continue
+        if not _HEAD_LINE.match(line):  # a sentence: the body has begun
+            break
+        if _NUMBERED.search(line) and not _NOTICE.search(line):
             lines.append(line)
     return "\n".join(lines)[:chars]
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘"
 GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰红建国志文斌海波宁浩宇晨欣怡思雨嘉琪"
+DISTRICTS = ["东城区建国路", "西城区复兴路", "海淀区学院路", "朝阳区光华路", "南山区科技园", "天河区体育西路"]
+FIRMS = ["正义", "明德", "天平", "方圆", "信达"]
 COURTS = [("北京市朝阳区人民法院", "京0105", "北京市第三中级人民法院"),
           ("上海市浦东新区人民法院", "沪0115", "上海市第一中级人民法院"),
           ("广州市天河区人民法院", "粤0106", "广州市中级人民法院")]
@@ -97,8 +99,13 @@ def write_judgments(folder: Path, count: int = 24, seed: int = 7) -> list[dict]:
                     fact_date=f"{year - 2}年{rng.randrange(1, 13)}月{rng.randrange(1, 29)}日")
         pages, questions = (_loan if i % 2 == 0 else _lease)(case, rng)
         header = f"{court}\n民 事 判 决 书\n{case['number']}\n"
-        pages[0] = header + f"原告：{case['plaintiff']}，住{court[:3]}。\n被告：{case['defendant']}，住{court[:3]}。\n" \
-            + pages[0]
+        city = court[:3]
+        parties = (f"原告：{case['plaintiff']}，{rng.choice('男女')}，{year - rng.randrange(25, 60)}年"
+                   f"{rng.randrange(1, 13)}月{rng.randrange(1, 29)}日出生，汉族，住{city}{rng.choice(DISTRICTS)}。\n"
+                   f"委托诉讼代理人：{_name(rng, used)}，{city}{rng.choice(FIRMS)}律师事务所律师。\n"
+                   f"被告：{case['defendant']}，{rng.choice('男女')}，{year - rng.randrange(25, 60)}年"
+                   f"{rng.randrange(1, 13)}月{rng.randrange(1, 29)}日出生，汉族，住{city}{rng.choice(DISTRICTS)}。\n")
+        pages[0] = header + parties + pages[0]
         pages[2] += f"\n如不服本判决，可以在判决书送达之日起十五日内向本院递交上诉状，上诉于{upper}。\n审判员 " \
             f"{_name(rng, used)}\n书记员 {_name(rng, used)}"
         name = f"judgment-{i + 1:02d}.pdf"
