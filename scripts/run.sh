@@ -4,8 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# KBCHAT_* variables are settings to kbchat, which refuses unknown ones: take this one out of their way.
+no_app=${KBCHAT_NO_APP:-0}
+unset KBCHAT_NO_APP
 .venv/bin/python -m ingest samples --kb kb/default
-if [ "${KBCHAT_NO_APP:-0}" = 1 ]; then
+if [ "$no_app" = 1 ]; then
     exit 0
 fi
 echo "Opening the app at http://127.0.0.1:${PORT:-8501} (Ctrl-C stops it)"

@@ -1,0 +1,29 @@
+"""The README's main command, `KBCHAT_NO_APP=1 bash scripts/run.sh`, ingests the bundled samples (run in a
+scratch copy of the repository layout, so the working tree's kb/ is left alone)."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_script_ingests_the_samples_and_stops_before_the_app(tmp_path):
+    from kbcore.store import KnowledgeBase
+
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    for name in (".venv", "samples", "requirements.txt", "pyproject.toml", "ingest", "kbcore"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {**os.environ, "KBCHAT_NO_APP": "1"}
+    run = subprocess.run(["bash", str(tmp_path / "scripts" / "run.sh")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    kb = KnowledgeBase(tmp_path / "kb" / "default")
+    samples = [p for p in (ROOT / "samples").iterdir() if p.suffix in (".pdf", ".md", ".txt", ".html")]
+    assert {d.source for d in kb.documents() if d.status == "ok"} >= {p.name for p in samples} - {"README.md"}
+    assert kb.chunk_count() > 0
+    kb.close()
