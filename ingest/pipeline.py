@@ -36,7 +36,8 @@ from ingest.parse import ParseError, is_supported, parse_file
 from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
 from kbcore.store import KnowledgeBase, NewChunk, text_hash
-from kbcore.text import TOKENIZER_VERSION, chunk_tokens, openings, passage_text
+from kbcore.text import (PASSAGE_FORMAT, TOKENIZER_VERSION, chunk_tokens, openings, passage_text,
+                         stored_opening_chars)
 
 FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
 STAGES = ("scan", "parse", "clean", "split", "tokens", "model", "embed", "store")  # model = loading the embedder
@@ -123,27 +124,6 @@ def kb_settings_record(settings: Settings) -> dict[str, str]:
     return {"chunk_size": str(settings.chunking.chunk_size), "chunk_overlap": str(settings.chunking.chunk_overlap),
             "tokenizer_version": TOKENIZER_VERSION, "ingest_version": INGEST_VERSION,
             "passage_text": PASSAGE_FORMAT, "opening_chars": str(settings.chunking.opening_chars)}
-
-
-# What the embedder sees for a chunk (kbcore.text.passage_text); change the name when that changes, so stored
-# vectors made the old way are never reused as if made the new way.
-PASSAGE_FORMAT = "title > heading\\nidentity block 1\\ntext"
-_FORMAT_BEFORE_OPENINGS = "title > heading\\ntext"
-
-
-def stored_opening_chars(recorded: dict[str, str]) -> int | None:
-    """The ``opening_chars`` a knowledge base's stored vectors were embedded with (0 for those from before
-    identity blocks), or None when they were made some other way.
-
-    >>> [stored_opening_chars(r) for r in ({"passage_text": "title > heading\\\\ntext"}, {},
-    ...  {"passage_text": PASSAGE_FORMAT, "opening_chars": "150"}, {"passage_text": "title\\\\ntext"})]
-    [0, 0, 150, None]
-    """
-    if recorded.get("passage_text", _FORMAT_BEFORE_OPENINGS) == _FORMAT_BEFORE_OPENINGS:
-        return 0
-    if recorded.get("passage_text") == PASSAGE_FORMAT:
-        return int(recorded.get("opening_chars", "0"))
-    return None
 
 
 class _LazyEmbedder:
@@ -242,7 +222,6 @@ class _Ingester:
         recorded, self.wanted_settings = kb.settings(), kb_settings_record(settings)
         self.changed_settings = {k: (recorded[k], v) for k, v in self.wanted_settings.items()
                                  if k in recorded and recorded[k] != v}
-        # Stored vectors embedded the same passage text only if they carried the same opening.
         self.opening_chars = settings.chunking.opening_chars
         # A stored vector is reused only for the same heading, text and identity block as it was embedded with.
         self.stored_opening_chars = stored_opening_chars(recorded)

@@ -156,3 +156,24 @@ def openings(chunks: Sequence, chars: int) -> list[str]:
             current = document_opening(chunk.text, chunk.heading, chars) if chars > 0 else ""
         out.append("" if chunk.ordinal == 0 else current)
     return out
+
+
+# What the embedder sees for a chunk (``passage_text``); change the name when that changes, so stored
+# vectors made the old way are never reused as if made the new way.
+PASSAGE_FORMAT = "title > heading\\nidentity block 1\\ntext"
+_FORMAT_BEFORE_OPENINGS = "title > heading\\ntext"
+
+
+def stored_opening_chars(recorded: dict[str, str]) -> int | None:
+    """The ``opening_chars`` the stored vectors of a knowledge base with these recorded settings were embedded
+    with (0 for those from before identity blocks), or None when they were made some other way.
+
+    >>> [stored_opening_chars(r) for r in ({"passage_text": "title > heading\\\\ntext"}, {},
+    ...  {"passage_text": PASSAGE_FORMAT, "opening_chars": "150"}, {"passage_text": "title\\\\ntext"})]
+    [0, 0, 150, None]
+    """
+    if recorded.get("passage_text", _FORMAT_BEFORE_OPENINGS) == _FORMAT_BEFORE_OPENINGS:
+        return 0
+    if recorded.get("passage_text") == PASSAGE_FORMAT:
+        return int(recorded.get("opening_chars", "0"))
+    return None

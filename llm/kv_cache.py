@@ -32,7 +32,6 @@ class PreallocatedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            self._key_buffer = self._value_buffer = None
         length = self.get_seq_length()
         new_length = length + key_states.shape[-2]
         if self._key_buffer is None or new_length > self._key_buffer.shape[-2]:

@@ -17,7 +17,7 @@ import numpy as np
 from kbcore.config import RetrievalSettings, Settings
 from kbcore.embedding import Embedder
 from kbcore.store import KnowledgeBase
-from kbcore.text import TOKENIZER_VERSION, chunk_tokens, openings, search_tokens
+from kbcore.text import TOKENIZER_VERSION, chunk_tokens, openings, search_tokens, stored_opening_chars
 from kbcore.types import Chunk, Hit
 from retrieval import fusion
 from retrieval.lexical import BM25Index
@@ -110,7 +110,7 @@ class Retriever:
                 if self.kb.settings().get("tokenizer_version") not in (None, TOKENIZER_VERSION):
                     # Built by an older tokeniser: re-tokenise in memory rather than mismatch query and index.
                     chunks = sorted(self.kb.get_chunks(ids).values(), key=lambda c: (c.document_id, c.ordinal))
-                    chars = int(self.kb.settings().get("opening_chars", "0"))
+                    chars = stored_opening_chars(self.kb.settings()) or 0
                     retokenised = {c.id: chunk_tokens(c.heading, c.text, opening)
                                    for c, opening in zip(chunks, openings(chunks, chars))}
                     tokens = [retokenised[i] for i in ids]
