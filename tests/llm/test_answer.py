@@ -1,6 +1,8 @@
 """Answer mechanics with a tiny random Qwen2 (prompting, trimming, streaming, threshold, follow-ups), and
 end-to-end answers from the real default model on the development corpus."""
 
+import importlib
+
 import pytest
 
 from kbcore.types import Chunk, Hit
@@ -8,6 +10,8 @@ from llm.answer import Answerer, standalone_question
 from llm.citations import resolve_citations
 from llm.models import load_model
 from llm.prompts import NOT_FOUND, build_messages, render_prompt
+
+answer_module = importlib.import_module("llm.answer")  # the package's ``answer`` is the function
 
 
 class FixedRetriever:
@@ -68,35 +72,52 @@ def test_streamed_pieces_make_up_the_final_answer(tiny):
     assert all(c.source == "a.pdf" for c in stream.answer.citations)
 
 
-def test_a_generation_error_reaches_the_caller_and_the_model_thread_survives(tiny):
+def test_a_generation_error_reaches_the_caller_and_the_model_thread_survives(tiny, monkeypatch):
     import threading
-    from dataclasses import replace
 
     tiny_settings, loaded = tiny
     callers = []
 
-    class BrokenModel:
-        device = loaded.model.device
-        config = loaded.model.config
-
-        def generate(self, **_):
+    def broken_forward(loaded, capacity):
+        def forward(ids):
             callers.append(threading.current_thread())
             raise RuntimeError("out of memory while decoding")
+        return forward
 
     retriever = FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")])
-    broken = replace(loaded, model=BrokenModel())
-    with pytest.raises(RuntimeError, match="out of memory"):
-        list(Answerer(tiny_settings, retriever, broken).stream("供应商应当具备什么条件？"))
+    with monkeypatch.context() as patch:
+        patch.setattr(answer_module, "model_forward", broken_forward)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            list(Answerer(tiny_settings, retriever, loaded).stream("供应商应当具备什么条件？"))
     # Generation ran on the model's own thread, not the caller's, and that thread still serves the real model.
     assert callers and callers[0] is not threading.current_thread()
     assert Answerer(tiny_settings, retriever, loaded).answer("供应商应当具备什么条件？").found
+
+
+def test_a_reader_that_stops_early_stops_generation(tiny, monkeypatch):
+    tiny_settings, loaded = tiny
+    steps = []
+    real_forward = answer_module.model_forward
+
+    def counting_forward(loaded, capacity):
+        inner = real_forward(loaded, capacity)
+        return lambda ids: steps.append(ids.shape[1]) or inner(ids)
+
+    long = tiny_settings.with_overrides(llm={"max_new_tokens": 200})
+    answerer = Answerer(long, FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")]), loaded)
+    monkeypatch.setattr(answer_module, "model_forward", counting_forward)
+    stream = iter(answerer.stream("供应商应当具备什么条件？"))
+    next(stream)
+    stream.close()
+    loaded.submit(lambda: None).result()  # the model thread has finished what it was doing
+    assert 1 < len(steps) < 50
 
 
 def test_nothing_relevant_answers_not_found_without_generating(tiny):
     tiny_settings, loaded = tiny
 
     class NoModel:
-        def generate(self, **_):
+        def __call__(self, *_, **__):
             raise AssertionError("the model must not run when nothing relevant was retrieved")
 
     answerer = Answerer(tiny_settings, FixedRetriever([hit(1, "无关内容", dense=0.80)]),
@@ -140,15 +161,15 @@ def test_real_model_answers_with_the_key_fact_and_cites_the_right_page(settings,
 
 
 def test_an_answer_cannot_open_with_a_banned_token_but_may_use_it_later(tiny):
-    from llm.answer import SuppressFirstToken
+    from llm.decoding import DecodeOptions, decode
+    from llm.forward import model_forward
 
     _, loaded = tiny
     ids = loaded.tokenizer("供应商应当具备什么条件？", return_tensors="pt")["input_ids"]
 
     def generate(banned=()):
-        out = loaded.model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                                    logits_processor=[SuppressFirstToken(list(banned), ids.shape[1])])
-        return out[0, ids.shape[1]:].tolist()
+        options = DecodeOptions(max_new_tokens=4, banned_first=tuple(banned))
+        return list(decode(model_forward(loaded, ids.shape[1] + 4), ids, options))
 
     free = generate()
     assert len(set(free[:2])) == 2

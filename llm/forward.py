@@ -1,0 +1,164 @@
+"""One forward pass of the serving model for the decoding loop: ``forward(ids) -> logits of the last position``.
+
+Each forward object holds the key/value cache of one generation, so calling it with the prompt and then with
+each new token decodes. Two kinds, picked by ``model_forward``:
+
+- ``TransformersForward``: the model's own forward with a preallocated cache. Runs anything transformers runs
+  (GPUs, bitsandbytes 4-bit, peft adapters, any architecture).
+- ``DecoderLayersForward``: Llama-family decoder layers (Qwen2, Llama) driven directly, with a static cache of
+  one tensor per layer for keys and one for values. On a CPU the model's forward spends as much time in Python
+  as in everything but the matrix products: for the 0.5B on a 952-token prompt a decode step took 50 ms
+  through transformers and 40 ms here, 31 of them in the int8 products (2-core AVX2 EPYC). It computes the same
+  logits (the tests compare both on the same weights).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from llm.cpu_kernels import PerTokenScaled, fused_linear
+
+# Architectures whose decoder layers match DecoderLayersForward: pre-norm RMSNorm, rotary attention with grouped
+# key/value heads, SiLU-gated MLP.
+LLAMA_FAMILY = ("qwen2", "llama")
+
+
+class Forward(Protocol):
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, vocab) of the last position, after feeding ``input_ids`` (batch, new tokens)."""
+
+
+def model_forward(loaded, capacity: int) -> Forward:
+    """The fastest forward for this loaded model, with a cache for ``capacity`` tokens (prompt + answer)."""
+    if loaded.device == "cpu" and DecoderLayersForward.supports(loaded.model):
+        return DecoderLayersForward(loaded.model, capacity)
+    return TransformersForward(loaded.model, capacity)
+
+
+class TransformersForward:
+    def __init__(self, model, capacity: int):
+        from llm.kv_cache import preallocated_cache
+
+        self.model = model
+        self.cache = preallocated_cache(model.config, capacity)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # Only the last position's logits: on a 952-token prompt the full logits are 580 MB of fp32.
+        self.extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids.to(self.model.device), past_key_values=self.cache, use_cache=True,
+                         **self.extra)
+        return out.logits[:, -1]
+
+
+class DecoderLayersForward:
+    """Llama-family decoder layers run directly, batch 1, with the model's own modules and weights."""
+
+    @staticmethod
+    def supports(model) -> bool:
+        config = getattr(model, "config", None)
+        if config is None or hasattr(model, "peft_config") or config.model_type not in LLAMA_FAMILY:
+            return False
+        full_attention = all(t == "full_attention" for t in getattr(config, "layer_types", None) or ())
+        return (full_attention and not getattr(config, "use_sliding_window", False)
+                and config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1)
+
+    def __init__(self, model, capacity: int):
+        config = model.config
+        self.model = model
+        self.layers = list(model.model.layers)
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.capacity = max(1, capacity)
+        self.keys = self.values = None
+        self.length = 0
+
+    def _reserve(self, needed: int, like: torch.Tensor) -> None:
+        if self.keys is not None and needed <= self.keys.shape[-2]:
+            return
+        capacity = max(self.capacity, needed) if self.keys is None else 2 * needed
+        shape = (len(self.layers), 1, self.kv_heads, capacity, self.head_dim)
+        keys, values = like.new_empty(shape), like.new_empty(shape)
+        if self.keys is not None:
+            keys[..., :self.length, :] = self.keys[..., :self.length, :]
+            values[..., :self.length, :] = self.values[..., :self.length, :]
+        self.keys, self.values = keys, values
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[0] != 1:
+            raise ValueError("DecoderLayersForward decodes one sequence at a time")
+        new, start = input_ids.shape[1], self.length
+        end = start + new
+        hidden = self.model.model.embed_tokens(input_ids)
+        self._reserve(end, hidden)
+        positions = torch.arange(start, end).unsqueeze(0)
+        cos, sin = self.model.model.rotary_emb(hidden, positions)
+        cos, sin = cos[0, :, None], sin[0, :, None]  # (new, 1, head_dim): broadcast over heads
+        mask = None
+        if new > 1 and start:  # a continuation of several tokens: causal within them, all of the past visible
+            mask = torch.ones(new, end, dtype=torch.bool).tril(start)
+        for index, layer in enumerate(self.layers):
+            hidden = hidden + self._attention(index, layer, rms_norm(hidden, layer.input_layernorm), cos, sin,
+                                              start, mask)
+            hidden = hidden + self._mlp(layer.mlp, rms_norm(hidden, layer.post_attention_layernorm))
+        self.length = end
+        last = rms_norm(hidden[:, -1:], self.model.model.norm)
+        return self.model.lm_head(last)[:, -1]
+
+    def _attention(self, index, layer, x, cos, sin, start, mask):
+        attention = layer.self_attn
+        new, heads, kv_heads, head_dim = x.shape[1], self.heads, self.kv_heads, self.head_dim
+        qkv = project(x, attention.q_proj, attention.k_proj, attention.v_proj)
+        qkv = qkv.view(1, new, heads + 2 * kv_heads, head_dim)
+        rotated = qkv[:, :, :heads + kv_heads]  # queries and keys turn together
+        rotated = rotated * cos + rotate_half(rotated) * sin
+        end = start + new
+        self.keys[index, :, :, start:end] = rotated[:, :, heads:].transpose(1, 2)
+        self.values[index, :, :, start:end] = qkv[:, :, heads + kv_heads:].transpose(1, 2)
+        keys, values = self.keys[index, :, :, :end], self.values[index, :, :, :end]
+        queries = rotated[:, :, :heads].transpose(1, 2)
+        if new == 1:
+            # One query per head: grouped by key/value head, attention needs no repeated keys.
+            queries = queries.reshape(1, kv_heads, heads // kv_heads, head_dim)
+            out = F.scaled_dot_product_attention(queries, keys, values, scale=attention.scaling)
+            out = out.reshape(1, 1, heads * head_dim)
+        else:
+            out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, is_causal=mask is None,
+                                                 scale=attention.scaling, enable_gqa=heads != kv_heads)
+            out = out.transpose(1, 2).reshape(1, new, heads * head_dim)
+        return attention.o_proj(out)
+
+    @staticmethod
+    def _mlp(mlp, x):
+        gate_up = project(x, mlp.gate_proj, mlp.up_proj)
+        width = gate_up.shape[-1] // 2
+        x = F.silu(gate_up[..., :width]) * gate_up[..., width:]
+        down = mlp.down_proj
+        if isinstance(down, PerTokenScaled) and x.shape[1] == 1:
+            # One token: the kernel's own per-call activation scale is already a per-token scale.
+            out = down.linear(x)
+            return out if down.bias is None else out + down.bias
+        return down(x)
+
+
+def project(x: torch.Tensor, *linears) -> torch.Tensor:
+    """The outputs of ``linears`` on ``x``, side by side: one product when they are parts of one fused matrix."""
+    fused = fused_linear(linears[0])
+    if fused is not None and all(fused_linear(l) is fused for l in linears) and len(linears) == len(fused.parts):
+        return fused(x)
+    return torch.cat([linear(x) for linear in linears], dim=-1)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """The model's RMSNorm; written out, it ran faster than ``F.rms_norm`` on one token (fewer dtype checks)."""
+    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))

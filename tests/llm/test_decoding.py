@@ -1,0 +1,61 @@
+"""The decoding loop picks the tokens transformers' ``generate`` picks, and streams text that joins up."""
+
+import pytest
+import torch
+
+from kbcore.config import LLMSettings
+from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
+from llm.forward import DecoderLayersForward, TransformersForward
+from llm.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, tmp_path_factory):
+    return load_model(LLMSettings(model=str(tiny_model_dir), device="cpu", quantization="fp32"),
+                      tmp_path_factory.mktemp("cache"), shared=False)
+
+
+@pytest.mark.parametrize("forward_kind", [TransformersForward, DecoderLayersForward])
+def test_greedy_tokens_with_a_repetition_penalty_match_generate(tiny, forward_kind):
+    question = tiny.tokenizer("供应商应当具备什么条件？供应商", return_tensors="pt")["input_ids"]
+    free = list(decode(forward_kind(tiny.model, 8), question, DecodeOptions(max_new_tokens=3)))
+    # The tokens the model would write, already in the prompt: the penalty must steer it elsewhere.
+    ids = torch.cat([torch.tensor([free]), question], dim=1)
+    expected = tiny.model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                                   repetition_penalty=1.3)[0, ids.shape[1]:].tolist()
+    options = DecodeOptions(max_new_tokens=20, min_new_tokens=20, repetition_penalty=1.3,
+                            stop_ids=stop_ids(tiny.model, tiny.tokenizer))
+    assert list(decode(forward_kind(tiny.model, 8), ids, options)) == expected
+    unpenalised = list(decode(forward_kind(tiny.model, 8), ids, DecodeOptions(max_new_tokens=20)))
+    assert unpenalised != expected  # the penalty changed something, so the comparison above means something
+
+
+def fixed(logits):
+    return lambda ids: torch.tensor([logits], dtype=torch.float32)
+
+
+def test_stop_tokens_end_the_answer_only_after_the_minimum_length():
+    prefers_stop = fixed([0.0, 1.0, 5.0])  # token 2 is the stop token
+    assert list(decode(prefers_stop, torch.tensor([[0]]), DecodeOptions(max_new_tokens=9, stop_ids=(2,)))) == [2]
+    held = DecodeOptions(max_new_tokens=9, stop_ids=(2,), min_new_tokens=3)
+    assert list(decode(prefers_stop, torch.tensor([[0]]), held)) == [1, 1, 1, 2]
+
+
+def test_sampling_stays_in_the_nucleus_and_repeats_with_a_seed():
+    forward = fixed([4.0, 3.9, 0.0, -9.0])  # tokens 0 and 1 hold ~99 % of the probability
+    options = DecodeOptions(max_new_tokens=200, temperature=1.0, top_p=0.9)
+
+    def sample(seed):
+        return list(decode(forward, torch.tensor([[3]]), options, torch.Generator().manual_seed(seed)))
+
+    tokens = sample(0)
+    assert set(tokens) == {0, 1}
+    assert sample(0) == tokens and sample(1) != tokens
+
+
+def test_streamed_pieces_join_to_the_decoded_text_and_never_split_a_character(tiny):
+    text = "政府采购应当遵循公开透明原则、公平竞争原则。Debian 🐧 好！"
+    ids = tiny.tokenizer(text)["input_ids"]
+    pieces = list(text_pieces(tiny.tokenizer, ids + [tiny.tokenizer.eos_token_id]))
+    assert "".join(pieces) == text
+    assert len(pieces) > 5 and not any("\ufffd" in p for p in pieces)

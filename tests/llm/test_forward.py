@@ -1,0 +1,72 @@
+"""The direct decoder-layer forward computes what transformers' forward computes, on the tiny random Qwen2,
+in fp32 and with the fused int8 CPU kernels; other models keep transformers' forward."""
+
+import pytest
+import torch
+
+from kbcore.config import LLMSettings
+from llm.forward import DecoderLayersForward, TransformersForward, model_forward
+from llm.models import load_model
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return tokenizer("政府采购的供应商应当具备哪些条件？第二十二条 具有良好的商业信誉。", return_tensors="pt")["input_ids"]
+
+
+def loaded_tiny(tiny_model_dir, tmp_path, quantization):
+    return load_model(LLMSettings(model=str(tiny_model_dir), device="cpu", quantization=quantization), tmp_path,
+                      shared=False)
+
+
+def run(forward, prompt, continuation):
+    """Logits after the prompt, then after each continuation token fed one at a time."""
+    with torch.inference_mode():
+        out = [forward(prompt)]
+        out += [forward(torch.tensor([[token]])) for token in continuation]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("quantization, atol", [("fp32", 1e-5), ("int8", 0.05)])
+def test_direct_layers_give_the_logits_of_the_model_forward(tiny_model_dir, tmp_path, prompt, quantization, atol):
+    loaded = loaded_tiny(tiny_model_dir, tmp_path, quantization)
+    assert isinstance(model_forward(loaded, 64), DecoderLayersForward)
+    continuation = [11, 3000, 151, 42, 7, 99]
+    direct = run(DecoderLayersForward(loaded.model, 64), prompt, continuation)
+    reference = run(TransformersForward(loaded.model, 64), prompt, continuation)
+    assert direct.shape == (1 + len(continuation), loaded.model.config.vocab_size)
+    # int8: one token's activations are scaled per call by the kernel instead of per token before it.
+    assert torch.allclose(direct, reference, atol=atol, rtol=0)
+    assert torch.equal(direct.argmax(-1), reference.argmax(-1))
+
+
+def test_a_multi_token_continuation_and_a_cache_that_must_grow_give_the_same_logits(tiny_model_dir, tmp_path,
+                                                                                    prompt):
+    loaded = loaded_tiny(tiny_model_dir, tmp_path, "fp32")
+    whole = torch.cat([prompt, torch.tensor([[11, 3000, 151, 42]])], dim=1)
+    with torch.inference_mode():
+        expected = loaded.model(input_ids=whole).logits[:, -1]
+        small = DecoderLayersForward(loaded.model, capacity=3)  # less room than the prompt
+        small(prompt)
+        continued = small(whole[:, prompt.shape[1]:])  # four tokens at once, after the cached prompt
+    assert small.keys.shape[-2] >= whole.shape[1]
+    assert torch.allclose(continued, expected, atol=1e-5, rtol=0)
+
+
+def test_models_outside_the_llama_family_and_adapter_wrapped_models_use_transformers(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llm.models import LoadedModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).eval()
+    forward = model_forward(LoadedModel(gpt2, None, "gpt2", "x", "cpu"), 16)
+    assert isinstance(forward, TransformersForward)
+    with torch.inference_mode():
+        assert forward(torch.tensor([[1, 2, 3]])).shape == (1, 64)
+    qwen = loaded_tiny(tiny_model_dir, tmp_path, "fp32").model
+    wrapped = get_peft_model(qwen, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert not DecoderLayersForward.supports(wrapped)
