@@ -42,7 +42,7 @@ from kbcore.text import (PASSAGE_FORMAT, TOKENIZER_VERSION, chunk_tokens, openin
 FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
 STAGES = ("scan", "parse", "clean", "split", "tokens", "model", "embed", "store")  # model = loading the embedder
 # Bump when parsing, cleaning or splitting changes what is stored for the same file.
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"
 
 # progress(files_done, files_total, source, result): called with result=None when a file starts and with its
 # FileResult when it is done (files_done then counts it). Deletions by prune are reported the same way.

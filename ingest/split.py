@@ -7,9 +7,11 @@ How a chunk is made:
   A heading line stays with the text that follows it; a heading with no text of its own (a chapter heading
   followed at once by its first section) joins the next section's first chunk.
 - Within a section, text is cut into sentences (ends ``。！？；`` and ``. ! ?`` before a space) and sentences
-  are packed up to ``chunk_size`` characters. Chunks of regulations hold whole articles (``第X条``) where
-  they fit: an article that would not fit starts a new chunk. A paragraph that runs over the size limit is
-  cut between sentences, and the next chunk repeats up to ``chunk_overlap`` characters of whole sentences.
+  are packed up to ``chunk_size`` characters. In regulations each article (``第X条`` at a line start) is a
+  chunk of its own: packed three to a chunk, a short article's words were outweighed by its neighbours', and
+  on ../shared/eval's regulation questions hybrid hit@1 went from .825 to .900 (FAQ unchanged at .986). A
+  paragraph that runs over the size limit is cut between sentences, and the next chunk repeats up to
+  ``chunk_overlap`` characters of whole sentences.
   Only a sentence longer than a chunk is cut inside (after ，、：; or, failing that, anywhere).
 - Chunks may run across page breaks; ``page_start``/``page_end`` are the pages of the first and last
   character of the chunk's text, found from the cleaned document's page offsets.
@@ -21,7 +23,7 @@ How a chunk is made:
 >>> doc = clean_pages("办法", [Page(1, "第一章 总则\\n第一条 甲。\\n第二条 乙。"), Page(2, "第二章 附则\\n第三条 丙。")],
 ...                   [Heading(1, "第一章 总则", 1), Heading(1, "第二章 附则", 2)], typeset=False)
 >>> [(c.heading, c.text, c.page_start, c.page_end) for c in split_document(doc, chunk_size=300, chunk_overlap=50)]
-[('办法 > 第一章 总则', '第一章 总则\\n第一条 甲。\\n第二条 乙。', 1, 1), ('办法 > 第二章 附则', '第二章 附则\\n第三条 丙。', 2, 2)]
+[('办法 > 第一章 总则', '第一章 总则\\n第一条 甲。', 1, 1), ('办法 > 第一章 总则', '第二条 乙。', 1, 1), ('办法 > 第二章 附则', '第二章 附则\\n第三条 丙。', 2, 2)]
 """
 
 from __future__ import annotations
@@ -225,8 +227,8 @@ class ChineseTextSplitter:
             if current:
                 chunk_start = sentences[current[0]][0]
                 has_body = sentences[current[-1]][1] > body_start
-                if i in article_ends and has_body and article_ends[i] - chunk_start > size:
-                    # Keep a whole article together: it starts a fresh chunk rather than being cut.
+                if i in article_ends and has_body:
+                    # One article per chunk: an article's words then count for it alone (see module doc).
                     out.append((chunk_start, sentences[current[-1]][1]))
                     current = []
                 elif s_end - chunk_start > size and has_body:

@@ -104,7 +104,7 @@ def test_faq_chunks_carry_their_heading_path_and_gold_page(parsed, eval_dir):
     assert squeeze(item["answer"])[:20] in squeeze(" ".join(c.text for c in mine))
 
 
-def test_regulation_chunks_hold_whole_articles(parsed):
+def test_regulation_chunks_hold_whole_articles_one_to_a_chunk(parsed):
     cleaned = clean_document(parsed["zhaobiao-toubiao-fa-shishi-tiaoli.pdf"])
     chunks = split_document(cleaned, 300, 50)
     articles = re.findall(r"^第[一二三四五六七八九十百零]+条.*(?:\n(?!第[一二三四五六七八九十百零]+[条章节]).*)*",
@@ -115,6 +115,8 @@ def test_regulation_chunks_hold_whole_articles(parsed):
         assert any(article in c.text for c in chunks), article[:30]
     assert all(c.heading.startswith("中华人民共和国招标投标法实施条例") for c in chunks)
     assert all(len(c.text) <= 300 for c in chunks)
+    starts = [len(re.findall(r"^第[一二三四五六七八九十百零]+条", c.text, re.MULTILINE)) for c in chunks]
+    assert max(starts) == 1 and sum(starts) == len(articles)
 
 
 def test_long_paragraph_splits_at_sentences_with_overlap():
