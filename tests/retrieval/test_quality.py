@@ -11,9 +11,11 @@ from retrieval import evaluate, load_qa
 pytestmark = pytest.mark.slow
 
 FLOORS = {
-    # set name: (hit@1, hit@5, mrr@10) floors for hybrid; measured .986/.993/.991 and .825/.950/.887
+    # set name: (hit@1, hit@5, mrr@10) floors for hybrid; measured .986/.993/.991 and .900/.975/.935. The
+    # issue's targets are FAQ hit@1 .95 and regulations hit@1 .85 / hit@5 .975; the hit@5 floor leaves one
+    # question of room because vectors differ in the last digits between embedding backends.
     "debian-faq": (0.95, 0.99, 0.97),
-    "regulations": (0.80, 0.925, 0.85),
+    "regulations": (0.85, 0.95, 0.90),
 }
 
 
