@@ -133,6 +133,8 @@ class LoadedModel:
     adapter: str | None = None
     # The weight format actually in use ("auto" resolved): nf4, int8, fp16, bf16 or fp32.
     quantization: str = ""
+    # llm.forward.PromptCache of the last prompt, made on first use (generation runs on the compute thread only).
+    prompt_cache: object | None = None
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         """Run ``fn`` on the process's compute thread (``kbcore.compute``), one call at a time: it keeps the

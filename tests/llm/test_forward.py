@@ -70,3 +70,29 @@ def test_models_outside_the_llama_family_and_adapter_wrapped_models_use_transfor
     qwen = loaded_tiny(tiny_model_dir, tmp_path, "fp32").model
     wrapped = get_peft_model(qwen, LoraConfig(r=2, target_modules=["q_proj"]))
     assert not DecoderLayersForward.supports(wrapped)
+
+
+def test_a_prompt_that_opens_like_the_last_one_reuses_its_keys_and_gets_the_same_logits(tiny_model_dir, tmp_path):
+    from llm.forward import PromptCache
+
+    loaded = loaded_tiny(tiny_model_dir, tmp_path, "fp32")
+    tokenizer = loaded.tokenizer
+    opening = "你是一个严谨的知识库问答助手。请根据下面编号的资料回答用户的问题，用简体中文作答，简洁准确。"
+    first, second = (tokenizer(opening + tail, return_tensors="pt")["input_ids"]
+                     for tail in ("资料1：政府采购法第二十二条。问题：供应商条件？", "资料1：招标投标法第六十条。问题：保证金？"))
+    shared = next(i for i, (a, b) in enumerate(zip(first[0], second[0])) if a != b)
+    cache = PromptCache(loaded.model)
+    with torch.inference_mode():
+        DecoderLayersForward(loaded.model, 64, cache)(first)
+        assert cache.shared(second[0].tolist()) == shared >= PromptCache.MIN_REUSE
+        reusing = DecoderLayersForward(loaded.model, 64, cache)
+        logits = reusing(second)
+        after = reusing(torch.tensor([[11]]))
+        fresh = DecoderLayersForward(loaded.model, 64)
+        assert torch.allclose(logits, fresh(second), atol=1e-5, rtol=0)
+        assert torch.allclose(after, fresh(torch.tensor([[11]])), atol=1e-5, rtol=0)
+        # The same prompt again: everything but its last token comes from the cache.
+        assert cache.shared(second[0].tolist()) == second.shape[1] - 1
+        assert torch.allclose(DecoderLayersForward(loaded.model, 64, cache)(second), logits, atol=1e-5, rtol=0)
+    assert cache.shared(tokenizer("完全不同的开头" * 4)["input_ids"]) == 0
+    assert model_forward(loaded, 64).prompt_cache is loaded.prompt_cache is model_forward(loaded, 64).prompt_cache
