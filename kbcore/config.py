@@ -83,6 +83,11 @@ class RetrievalSettings:
     reranker: str | None = None
     # Neighbouring chunks merged on each side of a hit when building answer context.
     context_window: int = 0
+    # A hit shorter than this gets more neighbours merged in (after, before, after, ..., at most three on each
+    # side) until it is not; 0 turns it off. One regulation article can be a single sentence, and given three of
+    # those the 0.5B answered "not in the documents" to a question the first one answered; with each widened to
+    # a chunk's size it answered and cited it.
+    min_context_chars: int = 300
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,10 @@ class Hit:
     dense: float | None = None
     lexical: float | None = None
     rank: int = 0
-    # Text of the chunk with its neighbours merged in, when a context window was asked for.
+    # Text of the chunk with its neighbours merged in, and the first and last page that text covers, when
+    # retrieval widened the hit (RetrievalSettings.context_window, min_context_chars).
     context: str | None = None
+    context_pages: tuple[int, int] | None = None
 
     @property
     def text(self) -> str:
@@ -68,6 +70,9 @@ class Hit:
 
     @property
     def pages(self) -> list[int]:
+        """The pages of ``text``: a citation of this hit points at all of them."""
+        if self.context is not None and self.context_pages is not None:
+            return list(range(self.context_pages[0], self.context_pages[1] + 1))
         return self.chunk.pages
 
     @property

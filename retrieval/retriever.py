@@ -24,6 +24,8 @@ from retrieval.lexical import BM25Index
 
 # Questions longer than this are cut before tokenising: a pasted page should not cost seconds of BM25.
 MAX_QUERY_CHARS = 2000
+# Neighbours a short hit may take in on each side beyond context_window (RetrievalSettings.min_context_chars).
+MAX_WIDENING = 3
 # A table of contents repeats every heading, so it matches heading-like questions better than the page that
 # answers them; such chunks keep this fraction of their score.
 CONTENTS_PENALTY = 0.25
@@ -167,9 +169,7 @@ class Retriever:
         if self.reranker is not None:
             hits = self.reranker.rerank(question, hits)[:k]
         hits = [replace(h, rank=i + 1) for i, h in enumerate(hits)]
-        if self.settings.context_window > 0:
-            hits = [replace(h, context=self.context(h.chunk, self.settings.context_window)) for h in hits]
-        return hits
+        return [self.widened(h) for h in hits]
 
     def _to_hits(self, ranked: list[tuple[int, float]], query_vector: np.ndarray,
                  dense: dict[int, float], lexical: dict[int, float]) -> list[Hit]:
@@ -182,10 +182,44 @@ class Retriever:
 
     def context(self, chunk: Chunk, window: int) -> str:
         """The chunk's text with ``window`` neighbours on each side, overlaps between them removed."""
-        text = ""
-        for part in self.kb.neighbours(chunk, window):
-            text = _join_overlapping(text, part.text)
-        return text
+        return _joined(self.kb.neighbours(chunk, window))
+
+    def widened(self, hit: Hit) -> Hit:
+        """The hit with ``context_window`` neighbours on each side merged in, then more of its own section,
+        nearest first (after, before, after, ...), while its text is shorter than ``min_context_chars``."""
+        window, wanted = self.settings.context_window, self.settings.min_context_chars
+        if window <= 0 and len(hit.chunk.text) >= wanted:
+            return hit
+        around = self.kb.neighbours(hit.chunk, window + MAX_WIDENING)
+        at = next(i for i, c in enumerate(around) if c.id == hit.chunk.id)
+        # Widening stays in the hit's section: a contents page or the previous chapter would only add pages
+        # to its citation.
+        same = [i for i, c in enumerate(around) if c.heading == hit.chunk.heading or abs(i - at) <= window]
+        first, last = at, at
+        while first - 1 in same:
+            first -= 1
+        while last + 1 in same:
+            last += 1
+        around, at = around[first:last + 1], at - first
+        low, high = max(0, at - window), min(len(around), at + window + 1)
+        text, after = _joined(around[low:high]), True
+        while len(text) < wanted and (low > 0 or high < len(around)):
+            if (after and high < len(around)) or low == 0:
+                high += 1
+            else:
+                low -= 1
+            after = not after
+            text = _joined(around[low:high])
+        if high - low == 1:
+            return hit
+        return replace(hit, context=text, context_pages=(around[low].page_start, around[high - 1].page_end))
+
+
+def _joined(chunks: Sequence[Chunk]) -> str:
+    text = ""
+    for part in chunks:
+        text = _join_overlapping(text, part.text)
+    return text
 
 
 def _join_overlapping(left: str, right: str, longest: int = 400) -> str:

@@ -56,6 +56,27 @@ def test_context_window_merges_neighbours_without_repeating_overlap(eval_retriev
     assert len(merged) < sum(len(c.text) for c in neighbours) + len(neighbours)
 
 
+def test_short_hits_are_widened_with_neighbours_and_cite_all_their_pages(eval_retriever):
+    from dataclasses import replace
+
+    question = "政府采购应当遵循哪些原则？"  # answered by a one-sentence article (政府采购法 第三条)
+    narrow = Retriever(eval_retriever.kb, eval_retriever.embedder,
+                       replace(eval_retriever.settings, min_context_chars=0)).search(question, k=5)
+    wide = eval_retriever.search(question, k=5)
+    assert [h.chunk.id for h in wide] == [h.chunk.id for h in narrow]  # ranking is not touched
+    wanted = eval_retriever.settings.min_context_chars
+    short = [(n, w) for n, w in zip(narrow, wide) if len(n.text) < wanted]
+    assert short and all(n.context is None for n in narrow)
+    for n, w in short:
+        assert n.chunk.text in w.text and len(w.text) > len(n.text)
+        parts = [c for c in eval_retriever.kb.neighbours(n.chunk, 3) if c.text in w.text]
+        assert set(w.pages) == {p for c in parts for p in c.pages} >= set(n.pages)
+        assert {c.heading for c in parts} == {n.heading}  # never into another section or a contents page
+    for n, w in zip(narrow, wide):
+        if len(n.text) >= wanted:
+            assert w.context is None and w.pages == n.pages
+
+
 def test_empty_knowledge_base_gives_no_hits(tmp_path, eval_retriever, settings):
     embedder = eval_retriever.embedder
     kb = KnowledgeBase.create(tmp_path / "empty", embedding_model=embedder.model_id, dimension=embedder.dimension)
