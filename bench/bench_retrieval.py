@@ -26,7 +26,6 @@ from kbcore.config import load_settings  # noqa: E402
 from kbcore.embedding import load_embedder  # noqa: E402
 from kbcore.store import KnowledgeBase, NewChunk  # noqa: E402
 from kbcore.text import search_tokens  # noqa: E402
-from retrieval import fusion  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "eval"
@@ -99,9 +98,7 @@ def main() -> None:
                 t2 = time.perf_counter()
                 lexical = retriever._lexical_index().search(search_tokens(q), cfg.candidates)
                 t3 = time.perf_counter()
-                weights = [cfg.dense_weight, 1.0 - cfg.dense_weight]
-                ranked = (fusion.rrf([dense, lexical], k=cfg.rrf_k, weights=[2 * w for w in weights])
-                          if cfg.fusion == "rrf" else fusion.weighted([dense, lexical], weights=weights))
+                ranked = retriever.fuse(dense, lexical)
                 hits = retriever._to_hits(ranked[: cfg.top_k], qv, dict(dense), dict(lexical))
                 [retriever.widened(h) for h in hits]
                 t4 = time.perf_counter()

@@ -71,7 +71,7 @@ class Hit:
     @property
     def pages(self) -> list[int]:
         """The pages of ``text``: a citation of this hit points at all of them."""
-        if self.context is not None and self.context_pages is not None:
+        if self.context_pages is not None:
             return list(range(self.context_pages[0], self.context_pages[1] + 1))
         return self.chunk.pages
 

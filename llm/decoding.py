@@ -84,15 +84,14 @@ def text_pieces(tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
     """The text of ``token_ids`` in pieces as tokens arrive; the pieces join to the decoded whole. A character
     split across tokens (byte-level BPE cuts Chinese characters) waits for its last byte."""
     ids: list[int] = []
-    emitted = ""
+    text = emitted = ""
     for token in token_ids:
         ids.append(token)
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if not text.endswith("\ufffd") and text.startswith(emitted) and len(text) > len(emitted):
             yield text[len(emitted):]
             emitted = text
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if text.startswith(emitted) and len(text) > len(emitted):
+    if text.startswith(emitted) and len(text) > len(emitted):  # the end, even if it is a replacement character
         yield text[len(emitted):]
 
 

@@ -204,11 +204,12 @@ def project(x: torch.Tensor, *linears) -> torch.Tensor:
     return torch.cat([linear(x) for linear in linears], dim=-1)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
     """The model's RMSNorm; written out, it ran faster than ``F.rms_norm`` on one token (fewer dtype checks)."""
     return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """transformers' ``rotate_half`` (Llama's and Qwen2's), here so that importing llm loads no transformers."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

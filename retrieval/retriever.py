@@ -156,11 +156,7 @@ class Retriever:
         elif mode == "bm25":
             ranked = lexical
         else:
-            weights = [self.settings.dense_weight, 1.0 - self.settings.dense_weight]
-            if self.settings.fusion == "rrf":
-                ranked = fusion.rrf([dense, lexical], k=self.settings.rrf_k, weights=[2 * w for w in weights])
-            else:
-                ranked = fusion.weighted([dense, lexical], weights=weights)
+            ranked = self.fuse(dense, lexical)
 
         keep = depth if self.reranker else k
         hits = self._to_hits(ranked[: max(keep * 2, 20)], query_vector, dict(dense), dict(lexical))
@@ -170,6 +166,13 @@ class Retriever:
             hits = self.reranker.rerank(question, hits)[:k]
         hits = [replace(h, rank=i + 1) for i, h in enumerate(hits)]
         return [self.widened(h) for h in hits]
+
+    def fuse(self, dense: list[tuple[int, float]], lexical: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The dense and BM25 lists as one, by the configured fusion and weights."""
+        weights = [self.settings.dense_weight, 1.0 - self.settings.dense_weight]
+        if self.settings.fusion == "rrf":
+            return fusion.rrf([dense, lexical], k=self.settings.rrf_k, weights=[2 * w for w in weights])
+        return fusion.weighted([dense, lexical], weights=weights)
 
     def _to_hits(self, ranked: list[tuple[int, float]], query_vector: np.ndarray,
                  dense: dict[int, float], lexical: dict[int, float]) -> list[Hit]:
