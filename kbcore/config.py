@@ -100,8 +100,12 @@ class LLMSettings:
     # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
     # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
     # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
-    # "nf4" runs on CPU too; "bf16"/"fp32" are the plain fallbacks.
+    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by llm/nf4_kernel.c (AVX2), the output layer quantised
+    # too: 27-29 tok/s where bitsandbytes' own CPU layers decoded 3.0, TTFT 6.0 s (0.5B, 2-core AVX2 EPYC).
+    # "bf16"/"fp32" are the plain fallbacks.
     quantization: Literal["auto", "nf4", "int8", "fp16", "bf16", "fp32"] = "auto"
+    # NF4 on a CPU: False keeps bitsandbytes' own layers (the baseline bench_llm compares with).
+    nf4_kernel: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Adapter name under Settings.adapters_dir, or a path; None for the base model.
     adapter: str | None = None

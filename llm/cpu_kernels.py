@@ -8,6 +8,7 @@ Imported only when a model is loaded for the CPU: it needs torch.
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 from torch import nn
@@ -48,36 +49,25 @@ class PerTokenScaled(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
-class FusedLinear(nn.Module):
-    """Several linears of one input as one matrix, their outputs side by side; ``parts`` names their widths.
+class SharedProduct(nn.Module):
+    """Several linears of one input computed as one product, their outputs side by side; ``parts`` names their
+    widths. Subclasses say how in ``forward``.
 
     Model code calls the parts one by one (``q_proj(x)``, ``k_proj(x)``, ``v_proj(x)``), so each part is a
     ``FusedPart``: the first part called computes the whole product, the others of the same input take their
     slice of it, and the product is released once every part has had it.
     """
 
-    def __init__(self, linears: list[nn.Linear]):
+    def __init__(self, parts: list[int]):
         super().__init__()
-        has_bias = any(l.bias is not None for l in linears)
-        self.linear = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears), bias=has_bias,
-                                device="meta")  # no throw-away initialisation of a large matrix
-        with torch.no_grad():
-            self.linear.weight = nn.Parameter(torch.cat([l.weight for l in linears]), requires_grad=False)
-            if has_bias:
-                self.linear.bias = nn.Parameter(torch.cat([
-                    l.bias if l.bias is not None else l.weight.new_zeros(l.out_features) for l in linears]),
-                    requires_grad=False)
-        self.parts = [l.out_features for l in linears]
+        self.parts = parts
         self._input: torch.Tensor | None = None
         self._output: torch.Tensor | None = None
         self._unserved = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
     def part(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         if x is not self._input or not self._unserved:
-            self._input, self._output, self._unserved = x, self.linear(x), len(self.parts)
+            self._input, self._output, self._unserved = x, self(x), len(self.parts)
         out = self._output[..., start:end]
         self._unserved -= 1
         if not self._unserved:
@@ -85,8 +75,27 @@ class FusedLinear(nn.Module):
         return out
 
 
+class FusedLinear(SharedProduct):
+    """Float linears of one input as one matrix (which ``quantize_for_cpu`` then quantises as one)."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__([l.out_features for l in linears])
+        has_bias = any(l.bias is not None for l in linears)
+        self.linear = nn.Linear(linears[0].in_features, sum(self.parts), bias=has_bias,
+                                device="meta")  # no throw-away initialisation of a large matrix
+        with torch.no_grad():
+            self.linear.weight = nn.Parameter(torch.cat([l.weight for l in linears]), requires_grad=False)
+            if has_bias:
+                self.linear.bias = nn.Parameter(torch.cat([
+                    l.bias if l.bias is not None else l.weight.new_zeros(l.out_features) for l in linears]),
+                    requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
 class FusedPart(nn.Module):
-    """One former linear, now columns ``start:end`` of a ``FusedLinear`` it shares with its siblings.
+    """One former linear, now columns ``start:end`` of a ``SharedProduct`` it shares with its siblings.
 
     >>> torch.manual_seed(0) and None
     >>> q, k = nn.Linear(8, 4), nn.Linear(8, 2)
@@ -96,7 +105,7 @@ class FusedPart(nn.Module):
     (True, True)
     """
 
-    def __init__(self, fused: FusedLinear, start: int, end: int):
+    def __init__(self, fused: SharedProduct, start: int, end: int):
         super().__init__()
         self.fused = fused
         self.start, self.end = start, end
@@ -105,14 +114,20 @@ class FusedPart(nn.Module):
         return self.fused.part(x, self.start, self.end)
 
 
-def fuse_projections(model: nn.Module) -> nn.Module:
-    """Replace each ``FUSED_GROUPS`` group of sibling linears with ``FusedPart``s of one ``FusedLinear``."""
+def is_float_linear(module: nn.Module | None) -> bool:
+    return type(module) is nn.Linear
+
+
+def fuse_projections(model: nn.Module, fuse: Callable[[list], SharedProduct] = FusedLinear,
+                     accepts: Callable[[nn.Module | None], bool] = is_float_linear) -> nn.Module:
+    """Replace each ``FUSED_GROUPS`` group of sibling linears that ``accepts`` takes with ``FusedPart``s of one
+    ``fuse(linears)``."""
     for parent in list(model.modules()):
         for group in FUSED_GROUPS:
             linears = [getattr(parent, name, None) for name in group]
-            if not all(type(l) is nn.Linear for l in linears):
+            if not all(accepts(l) for l in linears):
                 continue
-            fused = FusedLinear(linears)
+            fused = fuse(linears)
             start = 0
             for name, width in zip(group, fused.parts):
                 setattr(parent, name, FusedPart(fused, start, start + width))
@@ -120,8 +135,8 @@ def fuse_projections(model: nn.Module) -> nn.Module:
     return model
 
 
-def fused_linear(module: nn.Module) -> nn.Module | None:
-    """The whole ``FusedLinear`` behind a ``FusedPart`` (for code that wants all parts at once), else None."""
+def fused_linear(module: nn.Module) -> SharedProduct | None:
+    """The whole ``SharedProduct`` behind a ``FusedPart`` (for code that wants all parts at once), else None."""
     return module.fused if isinstance(module, FusedPart) else None
 
 

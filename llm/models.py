@@ -212,6 +212,10 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
         from llm.cpu_kernels import quantize_for_cpu
 
         quantize_for_cpu(loaded.model, quantization)
+    elif device == "cpu" and quantization == "nf4" and settings.nf4_kernel:
+        from llm.nf4_cpu import use_nf4_kernel
+
+        use_nf4_kernel(loaded.model, cache_dir)
     return loaded
 
 
@@ -228,8 +232,8 @@ def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = P
         return _load(settings, cache_dir, adapters_dir, for_training=True)
     if not shared:
         return _load_serving(settings, cache_dir, adapters_dir)
-    key = (settings.model, settings.quantization, settings.device, settings.adapter, str(cache_dir),
-           str(adapters_dir))
+    key = (settings.model, settings.quantization, settings.nf4_kernel, settings.device, settings.adapter,
+           str(cache_dir), str(adapters_dir))
     with _serving_lock:
         if key not in _serving:
             _serving[key] = _load_serving(settings, cache_dir, adapters_dir)
