@@ -1,9 +1,10 @@
 """LLM serving costs on this machine: load time, peak RSS, time to first token and decode speed.
 
-    .venv/bin/python bench/bench_llm.py [--modes nf4,bf16,int8,fp16,fp32] [--new-tokens 48] [--fresh-convert]
+    .venv/bin/python bench/bench_llm.py [--modes nf4,nf4-bnb,bf16,int8,fp16,fp32] [--new-tokens 48] [--fresh-convert]
                                         [--generation app,transformers]
 
-Each mode runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
+``nf4-bnb`` is NF4 through bitsandbytes' own CPU layers instead of our kernel (``llm/nf4_kernel.c``). Each mode
+runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
 left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes).
 The prompt is the real grounded prompt for a question, with retrieved passages from ../shared/eval/docs filling
 about 850 tokens. ``app`` generation is the answer stage's own (``Answerer.generate``: llm.decoding's loop over
@@ -76,7 +77,9 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
     from llm.answer import Answerer, on_compute_thread
     from llm.models import load_model
 
-    settings = load_settings().with_overrides(llm={"quantization": mode})
+    quantization, _, variant = mode.partition("-")
+    # "nf4-bnb": NF4 through bitsandbytes' own CPU layers instead of llm/nf4_kernel.c, as a baseline.
+    settings = load_settings().with_overrides(llm={"quantization": quantization, "nf4_kernel": variant != "bnb"})
     start = time.perf_counter()
     loaded = load_model(settings.llm, settings.cache_dir)
     load_s = time.perf_counter() - start

@@ -107,9 +107,10 @@ static void row_product(const nf4_weight *w, int64_t n, const int16_t *xq, const
 }
 
 /* y (M, sum of rows) = x (M, K) times the `count` matrices of one input, their outputs side by side (a layer's
- * query, key and value projections in one call). xq: M * K int16 and xscale: M * K / 64 floats of scratch. */
+ * query, key and value projections in one call). xq: M * K int16 and xscale: M * K / 64 floats of scratch.
+ * threads: torch's intra-op thread count, passed in since OpenMP keeps that setting per calling thread. */
 void nf4_linear(const nf4_weight *parts, int64_t count, const float *x, float *y, int64_t M, int16_t *xq,
-                float *xscale) {
+                float *xscale, int threads) {
     const int64_t K = parts[0].cols, blocks = K / BLOCK;
     int64_t width = 0;
     for (int64_t p = 0; p < count; p++) width += parts[p].rows;
@@ -117,7 +118,7 @@ void nf4_linear(const nf4_weight *parts, int64_t count, const float *x, float *y
     for (int64_t m0 = 0; m0 < M; m0 += MAX_TOKENS) {
         const int64_t tokens = M - m0 < MAX_TOKENS ? M - m0 : MAX_TOKENS;
         /* Small products aren't worth waking a second thread for. */
-#pragma omp parallel for schedule(static) if (width * K >= (1 << 18))
+#pragma omp parallel for schedule(static) num_threads(threads) if (width * K >= (1 << 18))
         for (int64_t r = 0; r < width; r++) {
             int64_t p = 0, n = r, column = 0;
             while (n >= parts[p].rows) { n -= parts[p].rows; column += parts[p].rows; p++; }
@@ -128,9 +129,9 @@ void nf4_linear(const nf4_weight *parts, int64_t count, const float *x, float *y
 }
 
 /* W (rows, cols) as float32, exactly bitsandbytes' dequantisation (code: the 16 NF4 values). */
-void nf4_dequantize(const nf4_weight *w, const float *code, float *out) {
+void nf4_dequantize(const nf4_weight *w, const float *code, float *out, int threads) {
     const int64_t K = w->cols, blocks = K / BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = 0; n < w->rows; n++) {
         for (int64_t b = 0; b < blocks; b++) {
             const float ws = block_scale(w->qabsmax, w->absmax2, w->code2, w->offset, n * blocks + b);
@@ -141,5 +142,24 @@ void nf4_dequantize(const nf4_weight *w, const float *code, float *out) {
                 o[j + 32] = code[codes[j] >> 4] * ws;
             }
         }
+    }
+}
+
+/* bitsandbytes' NF4 quantisation (its default CPU path, value for value) of w, n values in blocks of 64 with
+ * the given absmax: each value scaled into [-1, 1] is coded by how many NF4 midpoints lie below it, and
+ * packed two to a byte as bitsandbytes packs them (first in the high nibble). */
+void nf4_encode(const float *w, int64_t n, const float *absmax, const float *midpoints, uint8_t *packed,
+                int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n / 2; i++) {
+        const float inverse = 1.0f / fmaxf(absmax[2 * i / BLOCK], 1e-38f);
+        uint8_t q[2];
+        for (int e = 0; e < 2; e++) {
+            const float v = fminf(fmaxf(w[2 * i + e] * inverse, -1.f), 1.f);
+            uint8_t below = 0;
+            for (int k = 0; k < 15; k++) below += midpoints[k] < v;
+            q[e] = below;
+        }
+        packed[i] = (uint8_t)(q[0] << 4 | q[1]);
     }
 }

@@ -149,8 +149,10 @@ def test_follow_up_retrieves_what_the_standalone_question_does(eval_retriever):
 
 
 @pytest.mark.slow
-def test_real_model_answers_with_the_key_fact_and_cites_the_right_page(settings, eval_retriever):
-    quick = settings.with_overrides(llm={"max_new_tokens": 64}, retrieval={"top_k": 3})
+@pytest.mark.parametrize("quantization", ["auto", "nf4"])  # on a CPU: int8, and NF4 on llm/nf4_kernel.c
+def test_real_model_answers_with_the_key_fact_and_cites_the_right_page(settings, eval_retriever, quantization):
+    quick = settings.with_overrides(llm={"max_new_tokens": 64, "quantization": quantization},
+                                    retrieval={"top_k": 3})
     answerer = Answerer(quick, eval_retriever)
     result = answerer.answer("政府采购法规定，政府采购应当遵循哪些原则？")
     assert result.found

@@ -129,3 +129,16 @@ def test_without_a_working_compiler_bitsandbytes_layers_stay_and_say_why(model_d
     assert not any(isinstance(m, NF4Linear) for m in loaded.model.modules())
     with torch.inference_mode():
         assert torch.isfinite(loaded.model(input_ids=torch.tensor([[11, 3000, 151]])).logits).all()
+
+
+def test_our_quantisation_is_bitsandbytes_own(kernel):
+    from bitsandbytes.functional import quantize_4bit
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 640) * torch.rand(96, 1)  # rows of different scales
+    weight[3, 100] = 40.0
+    codes, state = nf4_cpu.quantize_nf4(weight, kernel)
+    expected_codes, expected = quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+    assert torch.equal(codes, expected_codes)
+    assert torch.equal(state.absmax, expected.absmax) and torch.equal(state.state2.absmax, expected.state2.absmax)
+    assert state.offset == expected.offset and state.shape == expected.shape
