@@ -94,14 +94,15 @@ class RetrievalSettings:
 class LLMSettings:
     # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
     model: str = "qwen2.5-0.5b"
-    # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU; "int8" on a CPU, where bitsandbytes' 4-bit
-    # kernels decoded 2.6 tok/s on a 2-core AVX2 EPYC against 20-22 for int8, TTFT 5.7 s vs 4.1 s, and on a
-    # 2-core Sapphire Rapids 19.2 tok/s against 24.6, TTFT 4.6 s vs 1.7 s (bench_llm).
+    # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU, "int8" on a CPU. On a 2-core AVX2 EPYC
+    # (bench_llm, 0.5B, 952-token prompt) int8 has the first token sooner, TTFT 4.7 s against NF4's 6.0 s
+    # (prompts multiply int8 matrices at 1.3x the speed of float32 ones), and NF4 decodes faster, 29.5 tok/s
+    # against 26.6; over a typical 150-token answer int8 finishes first.
     # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
     # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
+    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 kernel (llm/nf4_kernel.c), the output
+    # layer in NF4 too; bitsandbytes' own CPU layers decoded 3.6 tok/s.
     # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
-    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by llm/nf4_kernel.c (AVX2), the output layer quantised
-    # too: 27-29 tok/s where bitsandbytes' own CPU layers decoded 3.0, TTFT 6.0 s (0.5B, 2-core AVX2 EPYC).
     # "bf16"/"fp32" are the plain fallbacks.
     quantization: Literal["auto", "nf4", "int8", "fp16", "bf16", "fp32"] = "auto"
     # NF4 on a CPU: False keeps bitsandbytes' own layers (the baseline bench_llm compares with).
