@@ -134,7 +134,13 @@ class NF4Linear(nn.Module):
 
     @staticmethod
     def supports(linear: nn.Module) -> bool:
-        weight = getattr(linear, "weight", None)
+        from bitsandbytes.nn import Linear4bit
+
+        # bitsandbytes' own layer only: peft's LoRA wrapper shows its base layer's weight too, and swapping it
+        # would drop the adapter (its base layer is swapped instead).
+        if not isinstance(linear, Linear4bit):
+            return False
+        weight = linear.weight
         state = getattr(weight, "quant_state", None)
         return (state is not None and state.quant_type == "nf4" and state.blocksize == BLOCK and state.nested
                 and state.state2.blocksize == 256 and len(state.shape) == 2 and state.shape[1] % BLOCK == 0

@@ -73,20 +73,10 @@ def test_sibling_projections_are_one_call_with_outputs_side_by_side(kernel):
 
 
 @pytest.fixture(scope="module")
-def model_dir(default_model_dir, tmp_path_factory):
-    """A 2-layer Qwen2 whose widths are multiples of the kernel's 64-wide blocks (the shared tiny model's 32
-    are not), with the real tokenizer."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id)
-    path = tmp_path_factory.mktemp("qwen2-128")
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def model_dir(random_qwen2):
+    """Widths that are multiples of the kernel's 64-wide blocks (the shared tiny model's 32 are not)."""
+    return random_qwen2("qwen2-128", hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                        num_key_value_heads=2)
 
 
 def run(forward, prompt, continuation):
@@ -142,3 +132,38 @@ def test_our_quantisation_is_bitsandbytes_own(kernel):
     assert torch.equal(codes, expected_codes)
     assert torch.equal(state.absmax, expected.absmax) and torch.equal(state.state2.absmax, expected.state2.absmax)
     assert state.offset == expected.offset and state.shape == expected.shape
+
+
+def test_an_adapter_keeps_its_effect_on_the_kernel(model_dir, tmp_path):
+    import json
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llm.adapters import ADAPTER_META
+
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                                LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)
+    folder = tmp_path / "random"
+    peft_model.save_pretrained(folder)
+    (folder / ADAPTER_META).write_text(json.dumps({"name": "random", "base_model": str(model_dir),
+                                                   "base_model_sha256": str(model_dir)}), encoding="utf-8")
+
+    settings = LLMSettings(model=str(model_dir), device="cpu", quantization="nf4", adapter=str(folder))
+    ours = load_model(settings, tmp_path, shared=False)
+    plain = load_model(replace(settings, nf4_kernel=False), tmp_path, shared=False)
+    base = load_model(replace(settings, adapter=None), tmp_path, shared=False)
+    assert ours.adapter == "random"
+    assert sum(isinstance(m, NF4Linear) for m in ours.model.modules()) == 15  # 7 per layer, and the output layer
+    with torch.no_grad():
+        plain.model.get_output_embeddings().weight.copy_(ours.model.get_output_embeddings().dequantized())
+        ids = torch.tensor([[11, 3000, 151, 42, 7, 99]])
+        got, expected, without = (m.model(input_ids=ids).logits for m in (ours, plain, base))
+    assert relative_error(got, expected) < 1e-3
+    assert relative_error(got, without) > 0.05  # the adapter moved the outputs
