@@ -19,7 +19,7 @@ from llm.citations import resolve_citations, supporting_passage
 from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
 from llm.forward import model_forward
 from llm.models import LoadedModel, load_model
-from llm.prompts import NOT_FOUND, build_messages, language_of, render_prompt
+from llm.prompts import NOT_FOUND, build_messages, distinct_passages, language_of, render_prompt
 
 # Signs that a question leans on the previous turn: "and what about", pronouns, "this/that article", a trailing 呢.
 _FOLLOW_UP = re.compile(
@@ -82,7 +82,7 @@ class Answerer:
         best = max((h.dense if h.dense is not None else h.score for h in hits), default=None)
         if best is None or best < cfg.min_relevance:
             return Prepared(question, query, hits, [], None)
-        passages, prompt = self.fit_prompt(question, list(hits), history)
+        passages, prompt = self.fit_prompt(question, distinct_passages(hits), history)
         return Prepared(question, query, hits, passages, prompt)
 
     def fit_prompt(self, question: str, passages: list[Hit], history: Sequence[dict] | None

@@ -50,6 +50,20 @@ def test_prompt_numbers_passages_with_source_pages_and_keeps_history(tiny):
     assert "in English" in english[0]["content"] and english[1]["content"].startswith("Passages:")
 
 
+def test_a_hit_another_passage_already_shows_is_not_shown_twice(tiny):
+    tiny_settings, loaded = tiny
+    from dataclasses import replace
+
+    widened = replace(hit(1, "第一条 甲。"), context="第一条 甲。第二条 乙。")
+    taken_in, same_text_elsewhere = hit(2, "第二条 乙。"), hit(3, "第二条 乙。", source="b.pdf")
+    hits = [widened, taken_in, same_text_elsewhere]
+    prepared = Answerer(tiny_settings, FixedRetriever(hits), loaded).prepare("第二条规定了什么？")
+    assert prepared.passages == [widened, same_text_elsewhere]
+    assert prepared.hits == hits  # the sources list keeps every hit
+    assert prepared.prompt.count("第二条 乙。") == 2  # once per document
+    assert "资料3" not in prepared.prompt
+
+
 def test_long_passages_are_trimmed_to_the_token_cap_never_an_error(tiny):
     tiny_settings, loaded = tiny
     capped = tiny_settings.with_overrides(llm={"max_prompt_tokens": 400})
