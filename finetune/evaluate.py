@@ -69,26 +69,25 @@ def answer_loss(model, tokenizer, records: Sequence[Record], max_seq_length: int
     return total / max(1, count)
 
 
-def generate_answers(model, tokenizer, records: Sequence[Record], max_new_tokens: int) -> list[str]:
-    """Greedy answers to the records' grounded prompts (greedy: scores comparable between runs)."""
-    import torch
+def generate_answers(loaded, records: Sequence[Record], options) -> list[str]:
+    """Answers to the records' grounded prompts, decoded as the answer stage decodes (``llm.decoding`` with the
+    answer stage's ``DecodeOptions``; greedy, so scores compare between runs)."""
+    from llm.decoding import decode
+    from llm.forward import model_forward
 
-    device = next(model.parameters()).device
-    answers = []
-    with torch.no_grad():
-        for rec in records:
-            ids = tokenizer(prompt_text(tokenizer, rec), add_special_tokens=False, return_tensors="pt")["input_ids"]
-            out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    tokenizer, answers = loaded.tokenizer, []
+    for rec in records:
+        ids = tokenizer(prompt_text(tokenizer, rec), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        forward = model_forward(loaded, ids.shape[1] + options.max_new_tokens)
+        tokens = [t for t in decode(forward, ids, options) if t not in options.stop_ids]
+        answers.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
     return answers
 
 
-def evaluate_side(model, tokenizer, records: Sequence[Record], *, max_seq_length: int, max_new_tokens: int) -> Side:
+def evaluate_side(loaded, records: Sequence[Record], *, max_seq_length: int, options) -> Side:
     started = time.perf_counter()
-    loss = answer_loss(model, tokenizer, records, max_seq_length)
-    answers = generate_answers(model, tokenizer, records, max_new_tokens) if max_new_tokens > 0 else []
+    loss = answer_loss(loaded.model, loaded.tokenizer, records, max_seq_length)
+    answers = generate_answers(loaded, records, options) if options.max_new_tokens > 0 else []
     score = (sum(ngram_recall(r.output, a) for r, a in zip(records, answers)) / len(records)) if answers else 0.0
     return Side(loss, score, answers, time.perf_counter() - started)
 
@@ -99,6 +98,7 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
     from dataclasses import replace
 
     from finetune.train import fast_compute_dtype
+    from llm.answer import Answerer
     from llm.models import load_model
 
     sides = []
@@ -108,9 +108,11 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
         loaded = load_model(replace(settings.llm, adapter=adapter_name), settings.cache_dir,
                             adapters_dir=settings.adapters_dir, shared=False)
         fast_compute_dtype(loaded.model)  # float32 on CPUs that only emulate bfloat16 (see finetune.train)
+        options = replace(Answerer(settings, retriever=None, loaded=loaded).decode_options(),
+                          max_new_tokens=max_new_tokens, temperature=0.0)
         # On the model's own thread, like the answer stage: decoding elsewhere ran ~30 % slower (llm.models).
-        sides.append(loaded.submit(evaluate_side, loaded.model, loaded.tokenizer, records,
-                                   max_seq_length=max_seq_length, max_new_tokens=max_new_tokens).result())
+        sides.append(loaded.submit(evaluate_side, loaded, records, max_seq_length=max_seq_length,
+                                   options=options).result())
         tuned_name = loaded.adapter
         del loaded  # one model in memory at a time
     base_side, tuned_side = sides

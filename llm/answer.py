@@ -117,7 +117,8 @@ class Answerer:
             tokenizer = self.loaded.tokenizer
             openers = {i for t, i in tokenizer.get_vocab().items() if t.lstrip("Ġ").startswith("[")}
             for label in ("资料", "【", "来源", "Passage"):
-                openers.add(tokenizer(label, add_special_tokens=False)["input_ids"][0])
+                ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+                openers.update(ids[:1])  # none where a small vocabulary can't spell the label
             self._openers = sorted(openers)
         return self._openers
 
