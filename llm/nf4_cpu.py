@@ -32,8 +32,9 @@ SOURCE = Path(__file__).with_name("nf4_kernel.c")
 BLOCK = 64
 W_ONE = 16000.0  # nf4_kernel.c's scale of the int16 code table
 # Up to this many tokens in one call go through the 4-bit kernel (one pass over the weights per 4 tokens);
-# longer inputs (prompts) are multiplied by the dequantised matrix.
-MAX_KERNEL_TOKENS = 16
+# longer inputs (prompts) are multiplied by the dequantised matrix. The 0.5B's gate/up product on an AVX2 EPYC:
+# 16 tokens 2.6 ms against 12.8 ms dequantised, 64 tokens 10.3 against 21.1; 952 tokens ~150 against 136.
+MAX_KERNEL_TOKENS = 64
 
 _library: ctypes.CDLL | None = None
 _library_lock = threading.Lock()

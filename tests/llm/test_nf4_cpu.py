@@ -40,7 +40,7 @@ def relative_error(got, expected):
     return ((got - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 6, 40])
+@pytest.mark.parametrize("tokens", [1, 3, 6, 100])
 def test_products_match_bitsandbytes_dequantised_weights(kernel, tokens):
     from bitsandbytes.functional import dequantize_4bit
 
@@ -54,7 +54,7 @@ def test_products_match_bitsandbytes_dequantised_weights(kernel, tokens):
     expected = torch.nn.functional.linear(x, weight, reference.bias)
     got = ours(x)
     assert got.shape == (2, tokens, 320)
-    # One to six tokens run on the 16-bit kernel (exact to ~1e-4), forty on the dequantised matrix.
+    # One to six tokens run on the 16-bit kernel (exact to ~1e-4), a hundred on the dequantised matrix.
     assert relative_error(got, expected) < (5e-4 if tokens <= nf4_cpu.MAX_KERNEL_TOKENS else 1e-6)
     with torch.no_grad():
         assert relative_error(got, reference(x)) < 5e-4
@@ -65,7 +65,7 @@ def test_sibling_projections_are_one_call_with_outputs_side_by_side(kernel):
     q, k, v = (NF4Linear.from_bitsandbytes(bitsandbytes_linear(128, width, bias=bias), kernel)
                for width, bias in ((128, True), (64, False), (64, True)))
     projections = NF4Projections([q, k, v])
-    for tokens in (1, 20):
+    for tokens in (1, 100):
         x = torch.randn(tokens, 128)
         together = projections(x)
         assert torch.equal(together, nf4_product(x, [q, k, v], projections))
@@ -98,7 +98,7 @@ def test_a_loaded_nf4_model_runs_on_the_kernel_with_the_logits_of_bitsandbytes_l
     with torch.no_grad():
         plain.model.lm_head.weight.copy_(ours.model.lm_head.dequantized())
 
-    prompt = ours.tokenizer("政府采购的供应商应当具备哪些条件？第二十二条 具有良好的商业信誉。",
+    prompt = ours.tokenizer("政府采购的供应商应当具备哪些条件？第二十二条 具有良好的商业信誉。" * 4,
                             return_tensors="pt")["input_ids"]
     assert prompt.shape[1] > nf4_cpu.MAX_KERNEL_TOKENS  # the prompt runs on dequantised weights, the rest not
     continuation = [11, 3000, 151, 42, 7]
