@@ -38,7 +38,7 @@ def model_forward(loaded, capacity: int) -> Forward:
     if loaded.device == "cpu" and DecoderLayersForward.supports(loaded.model):
         if loaded.prompt_cache is None or loaded.prompt_cache.model is not loaded.model:
             loaded.prompt_cache = PromptCache(loaded.model)  # a copy of a LoadedModel may hold another model
-        return DecoderLayersForward(loaded.model, capacity, loaded.prompt_cache)
+        return DecoderLayersForward(loaded.model, capacity, loaded.prompt_cache, loaded.native)
     return TransformersForward(loaded.model, capacity)
 
 
@@ -101,9 +101,11 @@ class DecoderLayersForward:
         return (full_attention and not getattr(config, "use_sliding_window", False)
                 and config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1)
 
-    def __init__(self, model, capacity: int, prompt_cache: PromptCache | None = None):
+    def __init__(self, model, capacity: int, prompt_cache: PromptCache | None = None, native=None):
         config = model.config
         self.prompt_cache = prompt_cache
+        # llm.native's library: one-token steps run its decode_ops (float32 models only).
+        self.native = native
         self.model = model
         self.layers = list(model.model.layers)
         self.heads = config.num_attention_heads
@@ -146,6 +148,8 @@ class DecoderLayersForward:
         end = start + new
         hidden = self.model.model.embed_tokens(input_ids)
         self._reserve(end, hidden)
+        if new == 1 and self.native is not None and hidden.dtype == torch.float32:
+            return self._decode_token(hidden.contiguous())
         positions = torch.arange(start, end).unsqueeze(0)
         cos, sin = self.model.model.rotary_emb(hidden, positions)
         cos, sin = cos[0, :, None], sin[0, :, None]  # (new, 1, head_dim): broadcast over heads
@@ -183,17 +187,53 @@ class DecoderLayersForward:
             out = out.transpose(1, 2).reshape(1, new, heads * head_dim)
         return attention.o_proj(out)
 
-    @staticmethod
-    def _mlp(mlp, x):
+    def _mlp(self, mlp, x):
         gate_up = project(x, mlp.gate_proj, mlp.up_proj)
         width = gate_up.shape[-1] // 2
-        x = F.silu(gate_up[..., :width]) * gate_up[..., width:]
-        down = mlp.down_proj
+        return self._down(mlp.down_proj, F.silu(gate_up[..., :width]) * gate_up[..., width:])
+
+    @staticmethod
+    def _down(down, x):
         if isinstance(down, PerTokenScaled) and x.shape[1] == 1:
             # One token: the kernel's own per-call activation scale is already a per-token scale.
             out = down.linear(x)
             return out if down.bias is None else out + down.bias
         return down(x)
+
+    def _decode_token(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``_forward`` for one token with llm.native's decode_ops: the same arithmetic as the torch ops in
+        float32 (to rounding), without dispatching a dozen small operations per layer. The 0.5B's step on a
+        2-core AVX2 EPYC: 38.8 -> 31.4 ms with NF4 weights, 45.2 -> 36.8 ms with int8."""
+        native, layers, position = self.native, self.layers, self.length
+        size, heads, kv_heads, head_dim = hidden.shape[-1], self.heads, self.kv_heads, self.head_dim
+        cos, sin = self.model.model.rotary_emb(hidden, torch.tensor([[position]]))
+        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        normed, attended = torch.empty_like(hidden), hidden.new_empty(1, 1, heads * head_dim)
+        scores = hidden.new_empty(heads * (position + 1))
+        capacity, layer_bytes = self.keys.shape[-2], self.keys.stride(0) * self.keys.element_size()
+        threads = torch.get_num_threads()
+
+        def add_and_norm(delta, norm):  # hidden += delta; normed = norm(hidden)
+            native.add_rms_norm(hidden.data_ptr(), None if delta is None else delta.contiguous().data_ptr(),
+                                norm.weight.data_ptr(), norm.variance_epsilon, normed.data_ptr(), size)
+
+        add_and_norm(None, layers[0].input_layernorm)
+        for index, layer in enumerate(layers):
+            attention = layer.self_attn
+            qkv = project(normed, attention.q_proj, attention.k_proj, attention.v_proj).contiguous()
+            native.decode_attention(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                                    self.keys.data_ptr() + index * layer_bytes,
+                                    self.values.data_ptr() + index * layer_bytes, position, capacity, heads,
+                                    kv_heads, head_dim, attention.scaling, attended.data_ptr(), scores.data_ptr(),
+                                    threads)
+            add_and_norm(attention.o_proj(attended), layer.post_attention_layernorm)
+            gate_up = project(normed, layer.mlp.gate_proj, layer.mlp.up_proj).contiguous()
+            activation = hidden.new_empty(1, 1, gate_up.shape[-1] // 2)
+            native.silu_mul(gate_up.data_ptr(), activation.data_ptr(), activation.shape[-1])
+            following = layers[index + 1].input_layernorm if index + 1 < len(layers) else self.model.model.norm
+            add_and_norm(self._down(layer.mlp.down_proj, activation), following)
+        self.length = position + 1
+        return self.model.lm_head(normed)[:, -1]
 
 
 def project(x: torch.Tensor, *linears) -> torch.Tensor:

@@ -135,6 +135,8 @@ class LoadedModel:
     quantization: str = ""
     # llm.forward.PromptCache of the last prompt, made on first use (generation runs on the compute thread only).
     prompt_cache: object | None = None
+    # llm.native's C kernels on a CPU that runs them (None elsewhere): llm.forward decodes with them.
+    native: object | None = None
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         """Run ``fn`` on the process's compute thread (``kbcore.compute``), one call at a time: it keeps the
@@ -216,6 +218,10 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
         from llm.nf4_cpu import use_nf4_kernel
 
         use_nf4_kernel(loaded.model, cache_dir)
+    if device == "cpu":
+        from llm.native import load_native
+
+        loaded.native = load_native(cache_dir)
     return loaded
 
 

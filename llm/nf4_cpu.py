@@ -3,7 +3,7 @@
 bitsandbytes' CPU 4-bit path decoded Qwen2.5-0.5B at 3 tok/s on an AVX2 EPYC: it has no fast kernel without
 AVX512. Decoding reads every weight once per token, so 4-bit weights should be the fastest format there is;
 ``NF4Linear`` keeps bitsandbytes' own quantised weights (NF4 codes, double-quantised absmax, blocks of 64) and
-multiplies them with a small C kernel, compiled once with the system's C compiler into the model cache.
+multiplies them with a small C kernel (``llm.native``: compiled once with the system's C compiler).
 Prompts of many tokens are multiplied by the dequantised float32 matrix (MKL), as bitsandbytes does.
 
 Where no compiler, no AVX2 or an unsupported layer shape is found, the bitsandbytes layers stay as they are.
@@ -12,90 +12,20 @@ Where no compiler, no AVX2 or an unsupported layer shape is found, the bitsandby
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from llm.cpu_kernels import SharedProduct, fuse_projections
+from llm.native import NF4Weight, load_native
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("nf4_kernel.c")
 BLOCK = 64
 W_ONE = 16000.0  # nf4_kernel.c's scale of the int16 code table
 # Up to this many tokens in one call go through the 4-bit kernel (one pass over the weights per 4 tokens);
 # longer inputs (prompts) are multiplied by the dequantised matrix. The 0.5B's gate/up product on an AVX2 EPYC:
 # 16 tokens 2.6 ms against 12.8 ms dequantised, 64 tokens 10.3 against 21.1; 952 tokens ~150 against 136.
 MAX_KERNEL_TOKENS = 64
-
-_library: ctypes.CDLL | None = None
-_library_lock = threading.Lock()
-
-
-class NF4Weight(ctypes.Structure):
-    """``nf4_weight`` of nf4_kernel.c: where one matrix's codes and scales lie, and its shape."""
-
-    _fields_ = [("packed", ctypes.c_void_p), ("qabsmax", ctypes.c_void_p), ("absmax2", ctypes.c_void_p),
-                ("code2", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("table", ctypes.c_void_p),
-                ("offset", ctypes.c_float), ("rows", ctypes.c_int64), ("cols", ctypes.c_int64)]
-
-
-def cpu_supports_kernel() -> bool:
-    flags = Path("/proc/cpuinfo").read_text(errors="ignore").split() if Path("/proc/cpuinfo").exists() else []
-    return "avx2" in flags and "fma" in flags
-
-
-def load_kernel(cache_dir: Path) -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use into ``cache_dir/kernels``; None where it can't be built here."""
-    global _library
-    with _library_lock:
-        if _library is not None:
-            return _library
-        if not cpu_supports_kernel():
-            log.info("NF4 kernel: this CPU lacks AVX2/FMA; bitsandbytes' own 4-bit layers are used")
-            return None
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if compiler is None:
-            log.warning("NF4 kernel: no C compiler found; bitsandbytes' own (slower) 4-bit layers are used")
-            return None
-        source = SOURCE.read_bytes()
-        digest = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
-        target = Path(cache_dir) / "kernels" / f"nf4-{digest}.so"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            command = [compiler, "-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o",
-                       partial, "-lm"]
-            try:
-                result = subprocess.run(command, capture_output=True, text=True)
-                failure = result.stderr[-2000:] if result.returncode else None
-            except OSError as error:
-                failure = str(error)
-            if failure is not None:
-                os.unlink(partial)
-                log.warning("NF4 kernel: compiling with %s failed, bitsandbytes' own (slower) 4-bit layers are "
-                            "used:\n%s", compiler, failure)
-                return None
-            os.replace(partial, target)
-        library = ctypes.CDLL(str(target))
-        pointer, size = ctypes.c_void_p, ctypes.c_int64
-        library.nf4_linear.argtypes = [ctypes.POINTER(NF4Weight), size, pointer, pointer, size, pointer, pointer,
-                                       ctypes.c_int]
-        library.nf4_dequantize.argtypes = [ctypes.POINTER(NF4Weight), pointer, pointer, ctypes.c_int]
-        library.nf4_encode.argtypes = [pointer, size, pointer, pointer, pointer, ctypes.c_int]
-        for function in (library.nf4_linear, library.nf4_dequantize, library.nf4_encode):
-            function.restype = None
-        _library = library
-        return library
 
 
 class NF4Linear(nn.Module):
@@ -264,7 +194,7 @@ def use_nf4_kernel(model: nn.Module, cache_dir: Path) -> int:
     would read 545 MB per token. In NF4, KL to the float model on bench_llm's prompt went from 0.090 to 0.115,
     against 0.113 with int8 (0.096 for the int8 serving mode).
     """
-    library = load_kernel(cache_dir)
+    library = load_native(cache_dir)
     if library is None:
         return 0
     swapped = 0

@@ -31,16 +31,25 @@ def run(forward, prompt, continuation):
 
 
 @pytest.mark.parametrize("quantization, atol", [("fp32", 1e-5), ("int8", 0.05)])
-def test_direct_layers_give_the_logits_of_the_model_forward(tiny_model_dir, tmp_path, prompt, quantization, atol):
+@pytest.mark.parametrize("native", [False, True], ids=["torch-ops", "native-decode-ops"])
+def test_direct_layers_give_the_logits_of_the_model_forward(tiny_model_dir, tmp_path, prompt, quantization, atol,
+                                                            native):
     loaded = loaded_tiny(tiny_model_dir, tmp_path, quantization)
     assert isinstance(model_forward(loaded, 64), DecoderLayersForward)
+    if native and loaded.native is None:
+        pytest.skip("llm.native's kernels need AVX2/FMA and a C compiler")
     continuation = [11, 3000, 151, 42, 7, 99]
-    direct = run(DecoderLayersForward(loaded.model, 64), prompt, continuation)
+    direct = run(DecoderLayersForward(loaded.model, 64, native=loaded.native if native else None), prompt,
+                 continuation)
     reference = run(TransformersForward(loaded.model, 64), prompt, continuation)
     assert direct.shape == (1 + len(continuation), loaded.model.config.vocab_size)
     # int8: one token's activations are scaled per call by the kernel instead of per token before it.
     assert torch.allclose(direct, reference, atol=atol, rtol=0)
     assert torch.equal(direct.argmax(-1), reference.argmax(-1))
+    # A cache too small for the prompt grows, during the prompt and during decoding, to the same logits.
+    grown = run(DecoderLayersForward(loaded.model, 3, native=loaded.native if native else None), prompt,
+                continuation)
+    assert torch.allclose(grown, direct, atol=1e-5, rtol=0)
 
 
 def test_a_multi_token_continuation_and_a_cache_that_must_grow_give_the_same_logits(tiny_model_dir, tmp_path,

@@ -11,14 +11,15 @@ from kbcore.config import LLMSettings
 from llm import nf4_cpu
 from llm.forward import DecoderLayersForward, TransformersForward
 from llm.models import load_model
-from llm.nf4_cpu import NF4Linear, NF4Projections, load_kernel, nf4_product
+from llm import native
+from llm.nf4_cpu import NF4Linear, NF4Projections, nf4_product
 
-pytestmark = pytest.mark.skipif(not nf4_cpu.cpu_supports_kernel(), reason="the NF4 kernel needs AVX2 and FMA")
+pytestmark = pytest.mark.skipif(not native.cpu_supports_native(), reason="the NF4 kernel needs AVX2 and FMA")
 
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    library = load_kernel(tmp_path_factory.mktemp("kernels"))
+    library = native.load_native(tmp_path_factory.mktemp("kernels"))
     assert library is not None, "a C compiler is on this machine, so the kernel must build"
     return library
 
@@ -109,9 +110,9 @@ def test_a_loaded_nf4_model_runs_on_the_kernel_with_the_logits_of_bitsandbytes_l
 
 
 def test_without_a_working_compiler_bitsandbytes_layers_stay_and_say_why(model_dir, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(nf4_cpu, "_library", None)
+    monkeypatch.setattr(native, "_library", None)
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    with caplog.at_level(logging.WARNING, logger="llm.nf4_cpu"):
+    with caplog.at_level(logging.WARNING, logger="llm.native"):
         loaded = load_model(LLMSettings(model=str(model_dir), device="cpu", quantization="nf4"), tmp_path,
                             shared=False)
     assert "compiling with false failed" in caplog.text
