@@ -9,8 +9,9 @@ each new token decodes. Two kinds, picked by ``model_forward``:
   one tensor for keys and one for values, and a ``PromptCache`` that carries the opening a prompt shares with the
   previous one. On a CPU the model's forward spends as much time in Python
   as in everything but the matrix products: for the 0.5B on a 952-token prompt a decode step took 50 ms
-  through transformers and 40 ms here, 31 of them in the int8 products (2-core AVX2 EPYC). It computes the same
-  logits (the tests compare both on the same weights).
+  through transformers and 40 ms here, 31 of them in the int8 products (2-core AVX2 EPYC). One-token steps
+  then run their small operations in C (``llm.native``'s decode_ops) where it is built. It computes the same
+  logits (the tests compare both on the same weights, with and without the C operations).
 """
 
 from __future__ import annotations
