@@ -57,6 +57,13 @@ static inline float horizontal_sum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+static inline float horizontal_max(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
 /* One weight matrix in the kernel's layout (llm/nf4_cpu.py's NF4Weight mirrors it). */
 typedef struct {
     const uint8_t *packed;  /* rows * cols / 2 bytes, blocks of 64 as described above */
@@ -161,5 +168,193 @@ void nf4_encode(const float *w, int64_t n, const float *absmax, const float *mid
             q[e] = below;
         }
         packed[i] = (uint8_t)(q[0] << 4 | q[1]);
+    }
+}
+
+/* Prompts: products of many tokens, bound by arithmetic rather than memory.
+ *
+ * The weights of 32 rows at a time are expanded into bytes, the NF4 values as integers in [-63, 63] (exact to
+ * 0.4% of a block's absmax, well inside NF4's own steps), and the input is quantised to 7 bits per token and
+ * block of 64 with its own zero point. `vpmaddubsw` then multiplies 32 byte pairs per instruction, and with
+ * these ranges two of its 16-bit sums add up without overflow before they are widened: on two Zen 2 cores the
+ * 0.5B's gate/up product of a 952-token prompt took ~70 ms here against 136 ms dequantised (MKL, float32) and
+ * 89 ms with a widening per instruction (what int8 kernels without VNNI do). */
+#define PROMPT_W_ONE 63.0f
+#define PROMPT_X_MAX 127.0f
+#define PANEL 32 /* rows expanded at once; the tokens' input is read once per panel */
+#define PROMPT_TILE 4
+
+/* x (M, K) -> xu (M, K) in [0, 127] and, per token and block, scale s and zero point z (times s): x ~ (xu - z) s */
+static void prompt_quantize_input(const float *x, uint8_t *xu, float *xs, float *xzs, int64_t M, int64_t K,
+                                  int threads) {
+    const int64_t blocks = K / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t mb = 0; mb < M * blocks; mb++) {
+        const float *xb = x + mb * BLOCK;
+        __m256 v[8], low, high;
+        for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(xb + 8 * i);
+        low = high = v[0];
+        for (int i = 1; i < 8; i++) { low = _mm256_min_ps(low, v[i]); high = _mm256_max_ps(high, v[i]); }
+        const float lo = -horizontal_max(_mm256_sub_ps(_mm256_setzero_ps(), low)), hi = horizontal_max(high);
+        float s, z;
+        if (hi > lo) { s = (hi - lo) / PROMPT_X_MAX; z = -rintf(lo / s); }
+        else { s = lo != 0.f ? fabsf(lo) : 1.f; z = lo < 0.f ? 1.f : 0.f; } /* a constant block: xu 0 or 1 */
+        const __m256 inverse = _mm256_set1_ps(1.f / s), zero = _mm256_set1_ps(z);
+        __m256i q[8];
+        for (int i = 0; i < 8; i++) q[i] = _mm256_cvtps_epi32(_mm256_fmadd_ps(v[i], inverse, zero));
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), top = _mm256_set1_epi8(127);
+        for (int i = 0; i < 2; i++) { /* 32 values to bytes, saturated to [0, 127], in their order */
+            const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(q[4 * i], q[4 * i + 1]),
+                                                      _mm256_packs_epi32(q[4 * i + 2], q[4 * i + 3]));
+            _mm256_storeu_si256((__m256i *)(xu + mb * BLOCK + 32 * i),
+                                _mm256_min_epu8(_mm256_permutevar8x32_epi32(bytes, order), top));
+        }
+        xs[mb] = s;
+        xzs[mb] = z * s;
+    }
+}
+
+/* Row r of the matrices side by side: which matrix and which of its rows. */
+static inline const nf4_weight *part_of_row(const nf4_weight *parts, int64_t r, int64_t *n) {
+    while (r >= parts->rows) { r -= parts->rows; parts++; }
+    *n = r;
+    return parts;
+}
+
+/* Rows r0 .. r0 + 7 as bytes, for every block: 16 vectors of their elements 4q .. 4q + 3 (row j in bytes
+ * 4j .. 4j + 3 of vector q), then the rows' block scales / 63 and those times the sum of the block's bytes. */
+static void expand_eight_rows(const nf4_weight *parts, int64_t r0, const __m256i table, int8_t *out,
+                              float *scales, float *sums) {
+    const int64_t K = parts->cols, blocks = K / BLOCK;
+    const uint8_t *rows[8];
+    const nf4_weight *owner[8];
+    int64_t index[8];
+    for (int j = 0; j < 8; j++) {
+        owner[j] = part_of_row(parts, r0 + j, &index[j]);
+        rows[j] = owner[j]->packed + index[j] * (K / 2);
+    }
+    const __m256i nibble = _mm256_set1_epi8(0x0F), ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < blocks; b++) {
+        __m256i r[16];
+        for (int j = 0; j < 8; j++) {
+            const __m256i codes = _mm256_loadu_si256((const __m256i *)(rows[j] + b * 32));
+            r[j] = _mm256_shuffle_epi8(table, _mm256_and_si256(codes, nibble));                             /* 0..31 */
+            r[8 + j] = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble)); /* 32..63 */
+        }
+        __m256i sum16 = _mm256_setzero_si256();
+        for (int half = 0; half < 2; half++) { /* an 8 x 8 transpose of 32-bit groups */
+            const __m256i *v = r + 8 * half;
+            __m256i t[8], u[8];
+            for (int i = 0; i < 4; i++) {
+                t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+            }
+            for (int i = 0; i < 2; i++) {
+                u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+                u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+            }
+            int8_t *o = out + (b * 16 + 8 * half) * 32;
+            for (int q = 0; q < 4; q++) {
+                const __m256i low = _mm256_permute2x128_si256(u[q], u[4 + q], 0x20);
+                const __m256i high = _mm256_permute2x128_si256(u[q], u[4 + q], 0x31);
+                _mm256_store_si256((__m256i *)(o + q * 32), low);
+                _mm256_store_si256((__m256i *)(o + (q + 4) * 32), high);
+                sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(ones8, low));
+                sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(ones8, high));
+            }
+        }
+        int32_t sum[8];
+        _mm256_storeu_si256((__m256i *)sum, _mm256_madd_epi16(sum16, ones16));
+        for (int j = 0; j < 8; j++) {
+            const nf4_weight *w = owner[j];
+            const float scale = block_scale(w->qabsmax, w->absmax2, w->code2, w->offset,
+                                            index[j] * blocks + b) / PROMPT_W_ONE;
+            scales[b * 8 + j] = scale;
+            sums[b * 8 + j] = scale * (float)sum[j];
+        }
+    }
+}
+
+/* y[t * width + 0..7] = tokens (<= 4) of the quantised input times eight expanded rows. */
+static inline __attribute__((always_inline)) void prompt_tile(const int8_t *w, const float *scales,
+                                                              const float *sums, const uint8_t *xu,
+                                                              const float *xs, const float *xzs, int64_t K,
+                                                              float *y, int64_t width, const int tokens) {
+    const int64_t blocks = K / BLOCK;
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256 acc[PROMPT_TILE];
+    for (int t = 0; t < tokens; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        __m256i wide[PROMPT_TILE];
+        for (int t = 0; t < tokens; t++) wide[t] = _mm256_setzero_si256();
+        const int8_t *wb = w + b * 16 * 32;
+        for (int q = 0; q < 16; q += 2) {
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wb + q * 32));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wb + q * 32 + 32));
+            for (int t = 0; t < tokens; t++) {
+                const uint8_t *xq = xu + t * K + b * BLOCK + 4 * q;
+                /* |sum| <= 2 * (2 * 127 * 63) = 32004: two products fit in 16 bits */
+                const __m256i pair = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(_mm256_set1_epi32(*(const int32_t *)xq), w0),
+                    _mm256_maddubs_epi16(_mm256_set1_epi32(*(const int32_t *)(xq + 4)), w1));
+                wide[t] = _mm256_add_epi32(wide[t], _mm256_madd_epi16(pair, ones16));
+            }
+        }
+        const __m256 scale = _mm256_loadu_ps(scales + b * 8), sum = _mm256_loadu_ps(sums + b * 8);
+        for (int t = 0; t < tokens; t++) {
+            const __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(wide[t]), scale);
+            acc[t] = _mm256_fmadd_ps(product, _mm256_set1_ps(xs[t * blocks + b]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(xzs[t * blocks + b]), sum, acc[t]);
+        }
+    }
+    for (int t = 0; t < tokens; t++) _mm256_storeu_ps(y + t * width, acc[t]);
+}
+
+/* nf4_linear for prompts (see above): y (M, sum of rows) = x (M, K) times the `count` matrices, side by side.
+ * code: the 16 NF4 values. The total rows must be a multiple of 8. xu: M * K bytes, xs and xzs: M * K / 64 floats of scratch. */
+void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code, const float *x, float *y,
+                       int64_t M, uint8_t *xu, float *xs, float *xzs, int threads) {
+    const int64_t K = parts[0].cols, blocks = K / BLOCK;
+    int64_t width = 0;
+    for (int64_t p = 0; p < count; p++) width += parts[p].rows;
+    prompt_quantize_input(x, xu, xs, xzs, M, K, threads);
+    int8_t bytes[32];
+    for (int i = 0; i < 16; i++) bytes[i] = bytes[16 + i] = (int8_t)lrintf(code[i] * PROMPT_W_ONE);
+    const __m256i table = _mm256_loadu_si256((const __m256i *)bytes);
+#pragma omp parallel num_threads(threads)
+    {
+        int8_t *panel = aligned_alloc(32, PANEL * K);
+        float *scales = malloc(sizeof(float) * PANEL * blocks), *sums = malloc(sizeof(float) * PANEL * blocks);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t r0 = 0; r0 < width; r0 += PANEL) {
+            const int64_t rows = width - r0 < PANEL ? width - r0 : PANEL;
+            for (int64_t e = 0; e < rows; e += 8)
+                expand_eight_rows(parts, r0 + e, table, panel + e * K, scales + e * blocks,
+                                  sums + e * blocks);
+            for (int64_t m0 = 0; m0 < M; m0 += PROMPT_TILE) {
+                const int tokens = M - m0 < PROMPT_TILE ? (int)(M - m0) : PROMPT_TILE;
+                for (int64_t e = 0; e < rows; e += 8) {
+                    const int8_t *w = panel + e * K;
+                    const float *sc = scales + e * blocks, *su = sums + e * blocks;
+                    const uint8_t *xq = xu + m0 * K;
+                    float *out = y + m0 * width + r0 + e;
+                    switch (tokens) {
+                    case 4: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 4); break;
+                    case 3: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 3); break;
+                    case 2: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 2); break;
+                    default: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 1);
+                    }
+                }
+            }
+            for (int64_t e = 0; e < rows; e++) { /* bias */
+                int64_t n;
+                const nf4_weight *w = part_of_row(parts, r0 + e, &n);
+                if (w->bias)
+                    for (int64_t m = 0; m < M; m++) y[m * width + r0 + e] += w->bias[n];
+            }
+        }
+        free(panel); free(scales); free(sums);
     }
 }
