@@ -157,15 +157,20 @@ class DecoderLayersForward:
         mask = None
         if new > 1 and start:  # a continuation of several tokens: causal within them, all of the past visible
             mask = torch.ones(new, end, dtype=torch.bool).tril(start)
+        last_layer = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            hidden = hidden + self._attention(index, layer, rms_norm(hidden, layer.input_layernorm), cos, sin,
-                                              start, mask)
+            # The last layer's output is needed at the last position only (for its logits), so a prompt's other
+            # positions stop once their keys and values are cached: 1/24 of the 0.5B's prefill.
+            last_only = index == last_layer and new > 1
+            attended = self._attention(index, layer, rms_norm(hidden, layer.input_layernorm), cos, sin, start,
+                                       mask, last_only)
+            hidden = (hidden[:, -1:] if last_only else hidden) + attended
             hidden = hidden + self._mlp(layer.mlp, rms_norm(hidden, layer.post_attention_layernorm))
         self.length = end
         last = rms_norm(hidden[:, -1:], self.model.model.norm)
         return self.model.lm_head(last)[:, -1]
 
-    def _attention(self, index, layer, x, cos, sin, start, mask):
+    def _attention(self, index, layer, x, cos, sin, start, mask, last_only=False):
         attention = layer.self_attn
         new, heads, kv_heads, head_dim = x.shape[1], self.heads, self.kv_heads, self.head_dim
         qkv = project(x, attention.q_proj, attention.k_proj, attention.v_proj)
@@ -177,9 +182,9 @@ class DecoderLayersForward:
         self.values[index, :, :, start:end] = qkv[:, :, heads + kv_heads:].transpose(1, 2)
         keys, values = self.keys[index, :, :, :end], self.values[index, :, :, :end]
         queries = rotated[:, :, :heads].transpose(1, 2)
-        if new == 1:
+        if new == 1 or last_only:
             # One query per head: grouped by key/value head, attention needs no repeated keys.
-            queries = queries.reshape(1, kv_heads, heads // kv_heads, head_dim)
+            queries = queries[:, :, -1:].reshape(1, kv_heads, heads // kv_heads, head_dim)
             out = F.scaled_dot_product_attention(queries, keys, values, scale=attention.scaling)
             out = out.reshape(1, 1, heads * head_dim)
         else:
