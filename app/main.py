@@ -74,8 +74,8 @@ def sidebar(settings):
 
     formats = list(get_args(get_type_hints(LLMSettings)["quantization"]))
     quantization = sb.selectbox("Weights", formats, index=formats.index(settings.llm.quantization), key="quantization",
-                                help="auto: 4-bit NF4 on a GPU, int8 on a CPU (there about 8x faster than NF4); "
-                                     "fp16 gives the same answers as fp32 at int8's decoding speed.")
+                                help="auto: 4-bit NF4, on a CPU with our AVX2 kernels (int8 where they can't run); "
+                                     "fp16 gives the same answers as fp32 at the cost of speed.")
     adapters = [NO_ADAPTER]
     try:
         from llm.adapters import list_adapters
@@ -232,7 +232,7 @@ def chat_view(settings, kb_path):
             if not resources.model_is_loaded(settings):
                 from llm.models import pick_device, resolve_quantization
 
-                weights = resolve_quantization(settings.llm, pick_device(settings.llm))
+                weights = resolve_quantization(settings.llm, pick_device(settings.llm), settings.cache_dir)
                 with st.spinner(f"Loading the language model {settings.llm.model} ({weights}); "
                                 f"the first time it is converted once, about a minute…"):
                     loaded = resources.get_model(settings)

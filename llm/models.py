@@ -159,11 +159,17 @@ def cpu_has_native_bf16() -> bool:
     return has_avx512bf16()
 
 
-def resolve_quantization(settings: LLMSettings, device: str) -> str:
-    """``auto``: NF4 on a GPU, int8 on a CPU (see ``LLMSettings.quantization`` for the measurements)."""
+def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) -> str:
+    """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (llm/nf4_kernel.c: AVX2, FMA, a C compiler)
+    unless it has native bf16; int8 elsewhere (see ``LLMSettings.quantization`` for the measurements)."""
     if settings.quantization != "auto":
         return settings.quantization
-    return "nf4" if device == "cuda" else "int8"
+    if device == "cuda":
+        return "nf4"
+    from llm.native import load_native
+
+    nf4_kernel = settings.nf4_kernel and not cpu_has_native_bf16() and load_native(cache_dir) is not None
+    return "nf4" if nf4_kernel else "int8"
 
 
 def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_training: bool) -> LoadedModel:
@@ -172,7 +178,7 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
 
     path = resolve_model_dir(settings, cache_dir)
     device = pick_device(settings)
-    quantization = "nf4" if for_training else resolve_quantization(settings, device)
+    quantization = "nf4" if for_training else resolve_quantization(settings, device, cache_dir)
     cpu_kernels = device == "cpu" and quantization in ("int8", "fp16")
     kwargs: dict = {}
     # On CUDA bf16 is the natural compute type, and on CPUs with native bf16 (AVX512-BF16, AMX) NF4 served

@@ -48,10 +48,17 @@ def random_adapter(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def test_auto_is_nf4_on_a_gpu_and_int8_on_a_cpu():
-    assert resolve_quantization(LLMSettings(), "cuda") == "nf4"
-    assert resolve_quantization(LLMSettings(), "cpu") == "int8"
-    assert resolve_quantization(LLMSettings(quantization="fp32"), "cpu") == "fp32"
+def test_auto_is_nf4_where_our_kernels_run_and_int8_on_other_cpus(tmp_path, monkeypatch):
+    from llm import models, native
+
+    assert resolve_quantization(LLMSettings(), "cuda", tmp_path) == "nf4"
+    assert resolve_quantization(LLMSettings(quantization="fp32"), "cpu", tmp_path) == "fp32"
+    kernels_run = native.cpu_supports_native() and not models.cpu_has_native_bf16()
+    assert resolve_quantization(LLMSettings(), "cpu", tmp_path) == ("nf4" if kernels_run else "int8")
+    assert resolve_quantization(LLMSettings(nf4_kernel=False), "cpu", tmp_path) == "int8"
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setenv("CC", "false")  # no working compiler: no kernels
+    assert resolve_quantization(LLMSettings(), "cpu", tmp_path / "elsewhere") == "int8"
 
 
 @pytest.mark.parametrize("mode, min_cosine", [("fp16", 0.9999), ("int8", 0.99)])
