@@ -277,11 +277,12 @@ static void expand_eight_rows(const nf4_weight *parts, int64_t r0, const __m256i
     }
 }
 
-/* y[t * width + 0..7] = tokens (<= 4) of the quantised input times eight expanded rows. */
+/* y[t * width + 0..7] = tokens (<= 4) of the quantised input times eight expanded rows, plus their bias. */
 static inline __attribute__((always_inline)) void prompt_tile(const int8_t *w, const float *scales,
                                                               const float *sums, const uint8_t *xu,
                                                               const float *xs, const float *xzs, int64_t K,
-                                                              float *y, int64_t width, const int tokens) {
+                                                              const float *bias, float *y, int64_t width,
+                                                              const int tokens) {
     const int64_t blocks = K / BLOCK;
     const __m256i ones16 = _mm256_set1_epi16(1);
     __m256 acc[PROMPT_TILE];
@@ -309,7 +310,8 @@ static inline __attribute__((always_inline)) void prompt_tile(const int8_t *w, c
             acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(xzs[t * blocks + b]), sum, acc[t]);
         }
     }
-    for (int t = 0; t < tokens; t++) _mm256_storeu_ps(y + t * width, acc[t]);
+    const __m256 shift = _mm256_loadu_ps(bias);
+    for (int t = 0; t < tokens; t++) _mm256_storeu_ps(y + t * width, _mm256_add_ps(acc[t], shift));
 }
 
 /* nf4_linear for prompts (see above): y (M, sum of rows) = x (M, K) times the `count` matrices, side by side.
@@ -326,6 +328,7 @@ void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code
 #pragma omp parallel num_threads(threads)
     {
         int8_t *panel = aligned_alloc(32, PANEL * K);
+        float bias[PANEL];
         float *scales = malloc(sizeof(float) * PANEL * blocks), *sums = malloc(sizeof(float) * PANEL * blocks);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t r0 = 0; r0 < width; r0 += PANEL) {
@@ -333,26 +336,26 @@ void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code
             for (int64_t e = 0; e < rows; e += 8)
                 expand_eight_rows(parts, r0 + e, table, panel + e * K, scales + e * blocks,
                                   sums + e * blocks);
+            for (int64_t e = 0; e < rows; e++) {
+                int64_t n;
+                const nf4_weight *w = part_of_row(parts, r0 + e, &n);
+                bias[e] = w->bias ? w->bias[n] : 0.f;
+            }
             for (int64_t m0 = 0; m0 < M; m0 += PROMPT_TILE) {
                 const int tokens = M - m0 < PROMPT_TILE ? (int)(M - m0) : PROMPT_TILE;
                 for (int64_t e = 0; e < rows; e += 8) {
                     const int8_t *w = panel + e * K;
                     const float *sc = scales + e * blocks, *su = sums + e * blocks;
                     const uint8_t *xq = xu + m0 * K;
+                    const float *ts = xs + m0 * blocks, *tz = xzs + m0 * blocks, *bi = bias + e;
                     float *out = y + m0 * width + r0 + e;
                     switch (tokens) {
-                    case 4: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 4); break;
-                    case 3: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 3); break;
-                    case 2: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 2); break;
-                    default: prompt_tile(w, sc, su, xq, xs + m0 * blocks, xzs + m0 * blocks, K, out, width, 1);
+                    case 4: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 4); break;
+                    case 3: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 3); break;
+                    case 2: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 2); break;
+                    default: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 1);
                     }
                 }
-            }
-            for (int64_t e = 0; e < rows; e++) { /* bias */
-                int64_t n;
-                const nf4_weight *w = part_of_row(parts, r0 + e, &n);
-                if (w->bias)
-                    for (int64_t m = 0; m < M; m++) y[m * width + r0 + e] += w->bias[n];
             }
         }
         free(panel); free(scales); free(sums);
