@@ -57,7 +57,7 @@ void add_rms_norm(float *hidden, const float *delta, const float *weight, float 
 }
 
 /* out = silu(gate_up[:width]) * gate_up[width:]. */
-void silu_mul(const float *gate_up, float *out, int64_t width) {
+static void silu_mul_row(const float *gate_up, float *out, int64_t width) {
     int64_t i = 0;
     for (; i + 8 <= width; i += 8) {
         const __m256 g = _mm256_loadu_ps(gate_up + i);
@@ -66,6 +66,12 @@ void silu_mul(const float *gate_up, float *out, int64_t width) {
         _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(gate_up + width + i)));
     }
     for (; i < width; i++) out[i] = gate_up[i] / (1.f + expf(-gate_up[i])) * gate_up[width + i];
+}
+
+/* rows of out (width) = silu(gate) * up, for rows of gate_up (gate, then up: 2 * width). */
+void silu_mul(const float *gate_up, float *out, int64_t width, int64_t rows, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) silu_mul_row(gate_up + r * 2 * width, out + r * width, width);
 }
 
 /* One new token's attention. qkv: its heads query vectors, then kv_heads keys, then kv_heads values (head_dim

@@ -41,7 +41,7 @@ SIGNATURES = {
     "nf4_dequantize": [ctypes.POINTER(NF4Weight), _pointer, _pointer, _int],
     "nf4_encode": [_pointer, _size, _pointer, _pointer, _pointer, _int],
     "add_rms_norm": [_pointer, _pointer, _pointer, _float, _pointer, _size],
-    "silu_mul": [_pointer, _pointer, _size],
+    "silu_mul": [_pointer, _pointer, _size, _size, _int],
     "decode_attention": [_pointer, _pointer, _pointer, _pointer, _pointer, _size, _size, _size, _size, _size,
                          _float, _pointer, _pointer, _int],
 }
