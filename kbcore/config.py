@@ -94,13 +94,13 @@ class RetrievalSettings:
 class LLMSettings:
     # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
     model: str = "qwen2.5-0.5b"
-    # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU, "int8" on a CPU. On a 2-core AVX2 EPYC
-    # (bench_llm, 0.5B, 952-token prompt) int8 has the first token sooner, TTFT 4.4-4.6 s against NF4's 5.9-6.0 s
-    # (prompts multiply int8 matrices at 1.3x the speed of float32 ones), and NF4 decodes faster, 34.0-34.6
-    # tok/s against 27.3-30.3; over a typical 150-token answer int8 still finishes first (9.4 s against 10.4 s).
+    # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU, and on a CPU where our kernels run (AVX2,
+    # FMA, a C compiler) unless it has native bf16; "int8" on other CPUs. On a 2-core AVX2 EPYC (bench_llm, 0.5B,
+    # 952-token prompt) NF4 is ahead on every count: TTFT 3.90 s against int8's 4.29 s (prompts on the byte
+    # kernel, llm/nf4_kernel.c), decode 35.1 against 31.6 tok/s, load 14.1 against 18.0 s, less memory.
     # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
     # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
-    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 kernel (llm/nf4_kernel.c), the output
+    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 kernels (llm/nf4_kernel.c), the output
     # layer in NF4 too; bitsandbytes' own CPU layers decoded 3.6 tok/s.
     # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
     # "bf16"/"fp32" are the plain fallbacks.
