@@ -196,7 +196,7 @@ class DecoderLayersForward:
     def _mlp(self, mlp, x):
         gate_up = project(x, mlp.gate_proj, mlp.up_proj)
         width = gate_up.shape[-1] // 2
-        if self.native is not None and gate_up.dtype == torch.float32:  # one pass instead of three (prompts)
+        if self.native is not None and gate_up.dtype == torch.float32:  # one pass over gate/up instead of three
             gate_up = gate_up.contiguous()
             activation = gate_up.new_empty(*gate_up.shape[:-1], width)
             self.native.silu_mul(gate_up.data_ptr(), activation.data_ptr(), width, gate_up.numel() // (2 * width),
@@ -240,11 +240,8 @@ class DecoderLayersForward:
                                     kv_heads, head_dim, attention.scaling, attended.data_ptr(), scores.data_ptr(),
                                     threads)
             add_and_norm(attention.o_proj(attended), layer.post_attention_layernorm)
-            gate_up = project(normed, layer.mlp.gate_proj, layer.mlp.up_proj).contiguous()
-            activation = hidden.new_empty(1, 1, gate_up.shape[-1] // 2)
-            native.silu_mul(gate_up.data_ptr(), activation.data_ptr(), activation.shape[-1], 1, 1)
             following = layers[index + 1].input_layernorm if index + 1 < len(layers) else self.model.model.norm
-            add_and_norm(self._down(layer.mlp.down_proj, activation), following)
+            add_and_norm(self._mlp(layer.mlp, normed), following)
         self.length = position + 1
         return self.model.lm_head(normed)[:, -1]
 

@@ -176,9 +176,9 @@ void nf4_encode(const float *w, int64_t n, const float *absmax, const float *mid
  * The weights of 32 rows at a time are expanded into bytes, the NF4 values as integers in [-63, 63] (exact to
  * 0.4% of a block's absmax, well inside NF4's own steps), and the input is quantised to 7 bits per token and
  * block of 64 with its own zero point. `vpmaddubsw` then multiplies 32 byte pairs per instruction, and with
- * these ranges two of its 16-bit sums add up without overflow before they are widened: on two Zen 2 cores the
- * 0.5B's gate/up product of a 952-token prompt took ~70 ms here against 136 ms dequantised (MKL, float32) and
- * 89 ms with a widening per instruction (what int8 kernels without VNNI do). */
+ * these ranges two of its 16-bit sums add up without overflow before they are widened. On two Zen 2 cores the
+ * 0.5B's gate/up product of a 952-token prompt took 89 ms here against 146 ms dequantised (MKL, float32); in a
+ * prototype, widening after every instruction (what int8 kernels without VNNI do) took 1.3x as long. */
 #define PROMPT_W_ONE 63.0f
 #define PROMPT_X_MAX 127.0f
 #define PANEL 32 /* rows expanded at once; the tokens' input is read once per panel */
@@ -315,7 +315,8 @@ static inline __attribute__((always_inline)) void prompt_tile(const int8_t *w, c
 }
 
 /* nf4_linear for prompts (see above): y (M, sum of rows) = x (M, K) times the `count` matrices, side by side.
- * code: the 16 NF4 values. The total rows must be a multiple of 8. xu: M * K bytes, xs and xzs: M * K / 64 floats of scratch. */
+ * code: the 16 NF4 values. The total rows must be a multiple of 8. Scratch: xu M * K bytes, xs and xzs
+ * M * K / 64 floats. */
 void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code, const float *x, float *y,
                        int64_t M, uint8_t *xu, float *xs, float *xzs, int threads) {
     const int64_t K = parts[0].cols, blocks = K / BLOCK;
