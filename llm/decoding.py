@@ -82,15 +82,23 @@ def _choose(scores: torch.Tensor, options: DecodeOptions, generator: torch.Gener
 
 def text_pieces(tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
     """The text of ``token_ids`` in pieces as tokens arrive; the pieces join to the decoded whole. A character
-    split across tokens (byte-level BPE cuts Chinese characters) waits for its last byte."""
+    split across tokens (byte-level BPE cuts Chinese characters) waits for its last byte.
+
+    Each step decodes only the tokens since the last piece and the ones before it, for context (how vLLM
+    detokenises): decoding the whole answer at every token cost 40 ms of a 384-token answer, growing with its
+    square.
+    """
     ids: list[int] = []
-    text = emitted = ""
+    context = pending = 0  # ids[context:pending] were emitted and give the next piece its context
     for token in token_ids:
         ids.append(token)
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        emitted = tokenizer.decode(ids[context:pending], skip_special_tokens=True)
+        text = tokenizer.decode(ids[context:], skip_special_tokens=True)
         if not text.endswith("\ufffd") and text.startswith(emitted) and len(text) > len(emitted):
             yield text[len(emitted):]
-            emitted = text
+            context, pending = pending, len(ids)
+    emitted = tokenizer.decode(ids[context:pending], skip_special_tokens=True)
+    text = tokenizer.decode(ids[context:], skip_special_tokens=True)
     if text.startswith(emitted) and len(text) > len(emitted):  # the end, even if it is a replacement character
         yield text[len(emitted):]
 

@@ -59,3 +59,26 @@ def test_streamed_pieces_join_to_the_decoded_text_and_never_split_a_character(ti
     pieces = list(text_pieces(tiny.tokenizer, ids + [tiny.tokenizer.eos_token_id]))
     assert "".join(pieces) == text
     assert len(pieces) > 5 and not any("\ufffd" in p for p in pieces)
+
+
+def test_streamed_pieces_of_any_tokens_join_to_their_decoded_text(tiny):
+    """Random ids include bytes that make no character: the pieces still join to what decoding them all gives
+    (each piece is decoded from a window of the ids, never the whole answer)."""
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = tiny.tokenizer.vocab_size
+    for _ in range(20):
+        ids = torch.randint(0, vocabulary, (60,), generator=generator).tolist()
+        pieces = list(text_pieces(tiny.tokenizer, ids))
+        assert "".join(pieces) == tiny.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_streamed_pieces_keep_the_spaces_a_sentencepiece_decoder_strips_at_the_start():
+    """Llama-style tokenizers drop the space of the first token decoded: each piece is decoded after the one
+    before it, so words keep their spaces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "▁hello": 1, "▁world": 2, "▁again": 3}, unk_token="<unk>"))
+    words.pre_tokenizer, words.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words)
+    assert list(text_pieces(tokenizer, [1, 2, 3, 2])) == ["hello", " world", " again", " world"]
