@@ -1,5 +1,6 @@
-/* The small steps of decoding one token through a Llama-family layer, for CPUs with AVX2 and FMA: RMSNorm,
- * rotary embedding, the key/value cache write, attention over the cache, and the SiLU-gated product.
+/* The steps of a Llama-family layer around its matrix products, for CPUs with AVX2 and FMA: for one decoded
+ * token RMSNorm, rotary embedding, the key/value cache write, attention over the cache, and the SiLU-gated
+ * product; for a prompt its causal attention (at the end of this file) and the SiLU-gated product.
  *
  * Each is a handful of torch operations on vectors of a few thousand floats, so a decode step spent more time
  * dispatching them (about a third of a 0.5B step on a 2-core EPYC) than computing. Float32 throughout; the
@@ -8,6 +9,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* e^x for 8 floats (Cephes' polynomial, as in avx_mathfun): relative error ~1e-7 on the range softmax and SiLU
@@ -129,4 +131,141 @@ void decode_attention(float *qkv, const float *cos, const float *sin, float *key
             for (; i < head_dim; i++) o[i] += p * row[i];
         }
     }
+}
+
+/* Prompts: causal attention of `new` queries at positions start .. start + new - 1 over keys and values
+ * 0 .. start + new - 1 of one layer's cache (kv_heads x capacity x head_dim), flash-attention style: blocks of
+ * 32 queries of one head against blocks of 64 keys with a running softmax, so a block of scores never leaves
+ * the cache, and no block above the diagonal is computed. torch's CPU kernel computed about a third of those too
+ * (0.5B, 952 tokens: 22.8 ms a layer causal, 29.9 ms for all of them). Queries: row r of head h at
+ * q[r * q_stride + h * head_dim]; out: new x heads x head_dim. Needs head_dim a multiple of 16, at most 256. */
+#define QUERY_BLOCK 32
+#define KEY_BLOCK 64
+
+/* s (n rows from r, KEY_BLOCK columns) = q (row stride d) times kt (d x KEY_BLOCK), sixteen columns at a time;
+ * columns a multiple of 16. n is a constant where inlined, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void score_rows(const float *q, const float *kt, int64_t d,
+                                                             int columns, float *s, const int n) {
+    for (int c = 0; c < columns; c += 16) {
+        __m256 acc[4][2];
+        for (int i = 0; i < n; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int64_t e = 0; e < d; e++) {
+            const __m256 k0 = _mm256_load_ps(kt + e * KEY_BLOCK + c), k1 = _mm256_load_ps(kt + e * KEY_BLOCK + c + 8);
+            for (int i = 0; i < n; i++) {
+                const __m256 x = _mm256_broadcast_ss(q + i * d + e);
+                acc[i][0] = _mm256_fmadd_ps(x, k0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(x, k1, acc[i][1]);
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            _mm256_storeu_ps(s + i * KEY_BLOCK + c, acc[i][0]);
+            _mm256_storeu_ps(s + i * KEY_BLOCK + c + 8, acc[i][1]);
+        }
+    }
+}
+
+/* o (n rows, d) += p (n rows of KEY_BLOCK, `keys` of them used) times v (keys x d), sixteen columns at a time. */
+static inline __attribute__((always_inline)) void value_rows(const float *p, const float *v, int64_t d, int keys,
+                                                             float *o, const int n) {
+    for (int64_t c = 0; c < d; c += 16) {
+        __m256 acc[4][2];
+        for (int i = 0; i < n; i++) {
+            acc[i][0] = _mm256_loadu_ps(o + i * d + c);
+            acc[i][1] = _mm256_loadu_ps(o + i * d + c + 8);
+        }
+        for (int j = 0; j < keys; j++) {
+            const __m256 v0 = _mm256_loadu_ps(v + j * d + c), v1 = _mm256_loadu_ps(v + j * d + c + 8);
+            for (int i = 0; i < n; i++) {
+                const __m256 x = _mm256_broadcast_ss(p + i * KEY_BLOCK + j);
+                acc[i][0] = _mm256_fmadd_ps(x, v0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(x, v1, acc[i][1]);
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            _mm256_storeu_ps(o + i * d + c, acc[i][0]);
+            _mm256_storeu_ps(o + i * d + c + 8, acc[i][1]);
+        }
+    }
+}
+
+/* A block of scores (rows x KEY_BLOCK) and its product with the values, four query rows at a time. */
+static void block_scores(const float *q, const float *kt, int64_t d, int rows, int columns, float *s) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) score_rows(q + r * d, kt, d, columns, s + r * KEY_BLOCK, 4);
+    for (; r < rows; r++) score_rows(q + r * d, kt, d, columns, s + r * KEY_BLOCK, 1);
+}
+
+static void block_values(const float *p, const float *v, int64_t d, int rows, int keys, float *o) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) value_rows(p + r * KEY_BLOCK, v, d, keys, o + r * d, 4);
+    for (; r < rows; r++) value_rows(p + r * KEY_BLOCK, v, d, keys, o + r * d, 1);
+}
+
+void prefill_attention(const float *q, int64_t q_stride, const float *keys, const float *values, int64_t start,
+                       int64_t new, int64_t capacity, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                       float scale, float *out, int threads) {
+    const int64_t end = start + new, group = heads / kv_heads, d = head_dim;
+    const int64_t width = (end + KEY_BLOCK - 1) / KEY_BLOCK * KEY_BLOCK; /* keys, padded to whole blocks */
+    /* Keys transposed block by block (d x KEY_BLOCK each), so that a block of scores is a product of row
+     * vectors read one after the other. */
+    float *kt = aligned_alloc(32, sizeof(float) * kv_heads * d * width);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t g = 0; g < kv_heads; g++) {
+        float *t = kt + g * d * width;
+        for (int64_t j = 0; j < width; j++) {
+            float *column = t + (j / KEY_BLOCK) * d * KEY_BLOCK + j % KEY_BLOCK;
+            for (int64_t e = 0; e < d; e++) column[e * KEY_BLOCK] = j < end ? keys[(g * capacity + j) * d + e] : 0.f;
+        }
+    }
+    const int64_t query_blocks = (new + QUERY_BLOCK - 1) / QUERY_BLOCK;
+#pragma omp parallel num_threads(threads)
+    {
+        float qb[QUERY_BLOCK * 256], s[QUERY_BLOCK * KEY_BLOCK], o[QUERY_BLOCK * 256];
+        float largest[QUERY_BLOCK], total[QUERY_BLOCK];
+        /* The last query blocks have the most keys: they go first, so that the threads finish together. */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < heads * query_blocks; item++) {
+            const int64_t h = item % heads, block = query_blocks - 1 - item / heads, g = h / group;
+            const int64_t r0 = block * QUERY_BLOCK;
+            const int rows = new - r0 < QUERY_BLOCK ? (int)(new - r0) : QUERY_BLOCK;
+            for (int r = 0; r < rows; r++) {
+                for (int64_t e = 0; e < d; e++) qb[r * d + e] = q[(r0 + r) * q_stride + h * d + e] * scale;
+                largest[r] = -INFINITY;
+                total[r] = 0.f;
+            }
+            for (int64_t i = 0; i < rows * d; i++) o[i] = 0.f;
+            const int64_t first = start + r0, last = first + rows - 1; /* the block's query positions */
+            const float *k = kt + g * d * width, *v = values + g * capacity * d;
+            for (int64_t k0 = 0; k0 <= last; k0 += KEY_BLOCK) {
+                const int keys_here = last + 1 - k0 < KEY_BLOCK ? (int)(last + 1 - k0) : KEY_BLOCK;
+                block_scores(qb, k + k0 * d, d, rows, (keys_here + 15) / 16 * 16, s);
+                for (int r = 0; r < rows; r++) {
+                    float *row = s + r * KEY_BLOCK;
+                    /* keys k0 + j for j < visible are at or before this query's position */
+                    const int64_t before = first + r + 1 - k0;
+                    const int visible = before < 0 ? 0 : before < keys_here ? (int)before : keys_here;
+                    for (int j = visible; j < KEY_BLOCK; j++) row[j] = -INFINITY;
+                    float high = largest[r];
+                    for (int j = 0; j < visible; j++) high = row[j] > high ? row[j] : high;
+                    const float shrink = expf(largest[r] - high); /* 0 on the first block: -inf - finite */
+                    largest[r] = high;
+                    __m256 sum = _mm256_setzero_ps();
+                    for (int j = 0; j < KEY_BLOCK; j += 8) {
+                        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), _mm256_set1_ps(high)));
+                        _mm256_storeu_ps(row + j, e);
+                        sum = _mm256_add_ps(sum, e);
+                    }
+                    total[r] = total[r] * shrink + horizontal_sum8(sum);
+                    if (shrink != 1.f)
+                        for (int64_t e = 0; e < d; e++) o[r * d + e] *= shrink;
+                }
+                block_values(s, v + k0 * d, d, rows, keys_here, o);
+            }
+            for (int r = 0; r < rows; r++) {
+                const float inverse = 1.f / total[r];
+                for (int64_t e = 0; e < d; e++) out[((r0 + r) * heads + h) * d + e] = o[r * d + e] * inverse;
+            }
+        }
+    }
+    free(kt);
 }

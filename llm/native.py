@@ -1,7 +1,8 @@
 """Our C kernels for CPUs with AVX2 and FMA, compiled on first use with the system C compiler.
 
 - ``nf4_kernel.c``: products with bitsandbytes' NF4 weights (``llm.nf4_cpu``).
-- ``decode_ops.c``: the small steps of decoding one token through a Llama-family layer (``llm.forward``).
+- ``decode_ops.c``: a Llama-family layer's steps around its products: the small ones of decoding one token,
+  and a prompt's causal attention (``llm.forward``).
 
 They are built into one shared library in ``<cache>/kernels``, named by a hash of the sources and the compiler,
 and loaded with ctypes. Where the CPU lacks AVX2/FMA or no compiler works, ``load_native`` returns None, says why
@@ -44,6 +45,8 @@ SIGNATURES = {
     "silu_mul": [_pointer, _pointer, _size, _size, _int],
     "decode_attention": [_pointer, _pointer, _pointer, _pointer, _pointer, _size, _size, _size, _size, _size,
                          _float, _pointer, _pointer, _int],
+    "prefill_attention": [_pointer, _size, _pointer, _pointer, _size, _size, _size, _size, _size, _size, _float,
+                          _pointer, _int],
 }
 
 _library: ctypes.CDLL | None = None

@@ -52,13 +52,17 @@ def test_direct_layers_give_the_logits_of_the_model_forward(tiny_model_dir, tmp_
     assert torch.allclose(grown, direct, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["torch-ops", "native-ops"])
 def test_a_multi_token_continuation_and_a_cache_that_must_grow_give_the_same_logits(tiny_model_dir, tmp_path,
-                                                                                    prompt):
+                                                                                    prompt, native):
     loaded = loaded_tiny(tiny_model_dir, tmp_path, "fp32")
+    if native and loaded.native is None:
+        pytest.skip("llm.native's kernels need AVX2/FMA and a C compiler")
     whole = torch.cat([prompt, torch.tensor([[11, 3000, 151, 42]])], dim=1)
     with torch.inference_mode():
         expected = loaded.model(input_ids=whole).logits[:, -1]
-        small = DecoderLayersForward(loaded.model, capacity=3)  # less room than the prompt
+        # less room than the prompt
+        small = DecoderLayersForward(loaded.model, capacity=3, native=loaded.native if native else None)
         small(prompt)
         continued = small(whole[:, prompt.shape[1]:])  # four tokens at once, after the cached prompt
     assert small.keys.shape[-2] >= whole.shape[1]
@@ -105,3 +109,28 @@ def test_a_prompt_that_opens_like_the_last_one_reuses_its_keys_and_gets_the_same
         assert torch.allclose(DecoderLayersForward(loaded.model, 64, cache)(second), logits, atol=1e-5, rtol=0)
     assert cache.shared(tokenizer("完全不同的开头" * 4)["input_ids"]) == 0
     assert model_forward(loaded, 64).prompt_cache is loaded.prompt_cache is model_forward(loaded, 64).prompt_cache
+
+
+@pytest.mark.parametrize("heads, kv_heads, head_dim", [(14, 2, 64), (4, 4, 128), (6, 3, 16)])
+@pytest.mark.parametrize("start, new", [(0, 2), (0, 37), (0, 64), (0, 65), (0, 300), (50, 100), (130, 7)])
+def test_native_prompt_attention_is_causal_attention(tmp_path_factory, heads, kv_heads, head_dim, start, new):
+    """llm.native's prefill_attention against torch's: queries at positions start.. attend to every cached key up
+    to their own, grouped key/value heads, blocks of 32 queries and 64 keys cut anywhere."""
+    from llm.native import load_native
+
+    library = load_native(tmp_path_factory.mktemp("kernels"))
+    assert library is not None, "a C compiler is on this machine, so the kernels must build"
+    torch.manual_seed(start + new)
+    end, capacity = start + new, start + new + 5
+    rotated = torch.randn(1, new, heads + kv_heads, head_dim) * 3  # queries, then keys (unused here)
+    keys, values = torch.randn(kv_heads, capacity, head_dim), torch.randn(kv_heads, capacity, head_dim)
+    scale = head_dim ** -0.5
+    got = torch.empty(1, new, heads * head_dim)
+    library.prefill_attention(rotated.data_ptr(), rotated.stride(1), keys.data_ptr(), values.data_ptr(), start, new,
+                              capacity, heads, kv_heads, head_dim, scale, got.data_ptr(), 2)
+    queries = rotated[:, :, :heads].transpose(1, 2)
+    visible = torch.ones(new, end, dtype=torch.bool).tril(start)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        queries, keys[None, :, :end], values[None, :, :end], attn_mask=visible, scale=scale, enable_gqa=True)
+    expected = expected.transpose(1, 2).reshape(1, new, heads * head_dim)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
