@@ -66,6 +66,10 @@ class SharedProduct(nn.Module):
         self._output: torch.Tensor | None = None
         self._unserved = 0
 
+    def silu_gated(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``silu(gate(x)) * up(x)`` for a gate/up pair where a subclass computes it in one pass, else None."""
+        return None
+
     def part(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         if x is not self._input or not self._unserved:
             self._input, self._output, self._unserved = x, self(x), len(self.parts)

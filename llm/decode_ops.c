@@ -59,7 +59,7 @@ void add_rms_norm(float *hidden, const float *delta, const float *weight, float 
 }
 
 /* out = silu(gate_up[:width]) * gate_up[width:]. */
-static void silu_mul_row(const float *gate_up, float *out, int64_t width) {
+void silu_mul_row(const float *gate_up, float *out, int64_t width) {
     int64_t i = 0;
     for (; i + 8 <= width; i += 8) {
         const __m256 g = _mm256_loadu_ps(gate_up + i);

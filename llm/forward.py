@@ -206,6 +206,10 @@ class DecoderLayersForward:
                 and rotated.stride(-2) == self.head_dim and self.head_dim % 16 == 0 and self.head_dim <= 256)
 
     def _mlp(self, mlp, x):
+        fused = fused_linear(mlp.gate_proj)
+        activation = fused.silu_gated(x) if fused is not None and fused_linear(mlp.up_proj) is fused else None
+        if activation is not None:  # the NF4 prompt kernel's gated pass: no gate/up product in memory
+            return self._down(mlp.down_proj, activation)
         gate_up = project(x, mlp.gate_proj, mlp.up_proj)
         width = gate_up.shape[-1] // 2
         if self.native is not None and gate_up.dtype == torch.float32:  # one pass over gate/up instead of three

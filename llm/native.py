@@ -38,7 +38,7 @@ _pointer, _size, _float, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
 SIGNATURES = {
     "nf4_linear": [ctypes.POINTER(NF4Weight), _size, _pointer, _pointer, _size, _pointer, _pointer, _int],
     "nf4_prompt_linear": [ctypes.POINTER(NF4Weight), _size, _pointer, _pointer, _pointer, _size, _pointer, _pointer,
-                          _pointer, _int],
+                          _pointer, _int, _int],
     "nf4_dequantize": [ctypes.POINTER(NF4Weight), _pointer, _pointer, _int],
     "nf4_encode": [_pointer, _size, _pointer, _pointer, _pointer, _int],
     "add_rms_norm": [_pointer, _pointer, _pointer, _float, _pointer, _size],

@@ -142,21 +142,30 @@ def nf4_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module) -> 
     if tokens > MAX_KERNEL_TOKENS and not prompt:
         return dequantized_product(x, linears, owner).reshape(*shape[:-1], width)
     x = x.float().contiguous()
+    if prompt:
+        return prompt_product(x, linears, owner, gated=False).reshape(*shape[:-1], width)
     owner._structs = weight_structs(linears, getattr(owner, "_structs", None))
     out = torch.empty(tokens, width)
     library, threads = linears[0].library, torch.get_num_threads()
-    if prompt:
-        quantized = torch.empty(tokens * x.shape[1], dtype=torch.uint8)
-        scales = torch.empty(2, tokens * x.shape[1] // BLOCK)
-        library.nf4_prompt_linear(owner._structs[1], len(linears), linears[0].code.data_ptr(), x.data_ptr(),
-                                  out.data_ptr(), tokens, quantized.data_ptr(), scales[0].data_ptr(),
-                                  scales[1].data_ptr(), threads)
-        return out.reshape(*shape[:-1], width)
     scratch = torch.empty(tokens * x.shape[1] * 2 + tokens * x.shape[1] // BLOCK * 4, dtype=torch.uint8)
     quantized_at = scratch.data_ptr()
     library.nf4_linear(owner._structs[1], len(linears), x.data_ptr(), out.data_ptr(), tokens, quantized_at,
                        quantized_at + tokens * x.shape[1] * 2, threads)
     return out.to(dtype).reshape(*shape[:-1], width)
+
+
+def prompt_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module, gated: bool) -> torch.Tensor:
+    """x (tokens, in; float32, contiguous) times ``linears`` on the prompt kernel: their outputs side by side, or
+    with ``gated``, ``silu(x gate^T) * (x up^T)`` for ``linears == [gate, up]``, computed tile by tile."""
+    owner._structs = weight_structs(linears, getattr(owner, "_structs", None))
+    tokens = x.shape[0]
+    out = torch.empty(tokens, linears[0].out_features if gated else sum(l.out_features for l in linears))
+    quantized = torch.empty(tokens * x.shape[1], dtype=torch.uint8)
+    scales = torch.empty(2, tokens * x.shape[1] // BLOCK)
+    linears[0].library.nf4_prompt_linear(owner._structs[1], len(linears), linears[0].code.data_ptr(), x.data_ptr(),
+                                         out.data_ptr(), tokens, quantized.data_ptr(), scales[0].data_ptr(),
+                                         scales[1].data_ptr(), int(gated), torch.get_num_threads())
+    return out
 
 
 def dequantized_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module) -> torch.Tensor:
@@ -197,6 +206,17 @@ class NF4Projections(SharedProduct):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nf4_product(x, list(self.linears), self)
+
+    def silu_gated(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``silu(gate(x)) * up(x)`` of a gate/up pair in one pass of the prompt kernel (the products stay in the
+        cache); None where that kernel doesn't take ``x`` (few tokens, not float32)."""
+        gate, up = self.linears[0], self.linears[-1]
+        tokens = x.numel() // x.shape[-1]
+        if (len(self.linears) != 2 or gate.out_features != up.out_features or gate.out_features % 8
+                or x.dtype != torch.float32 or tokens < PROMPT_KERNEL_TOKENS):
+            return None
+        out = prompt_product(x.reshape(tokens, -1).contiguous(), [gate, up], self, gated=True)
+        return out.reshape(*x.shape[:-1], gate.out_features)
 
 
 def is_nf4_linear(module: nn.Module | None) -> bool:

@@ -314,14 +314,34 @@ static inline __attribute__((always_inline)) void prompt_tile(const int8_t *w, c
     for (int t = 0; t < tokens; t++) _mm256_storeu_ps(y + t * width, _mm256_add_ps(acc[t], shift));
 }
 
-/* nf4_linear for prompts (see above): y (M, sum of rows) = x (M, K) times the `count` matrices, side by side.
- * code: the 16 NF4 values. The total rows must be a multiple of 8. Scratch: xu M * K bytes, xs and xzs
- * M * K / 64 floats. */
+/* Eight rows of a panel times `tokens` (<= 4) tokens from m0 on, into y[t * width]. */
+static void prompt_tiles(const int8_t *w, const float *scales, const float *sums, const uint8_t *xu,
+                         const float *xs, const float *xzs, int64_t K, const float *bias, float *y, int64_t width,
+                         int tokens) {
+    switch (tokens) {
+    case 4: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 4); break;
+    case 3: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 3); break;
+    case 2: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 2); break;
+    default: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 1);
+    }
+}
+
+/* decode_ops.c: out = silu(gate_up[:width]) * gate_up[width:] */
+void silu_mul_row(const float *gate_up, float *out, int64_t width);
+
+/* nf4_linear for prompts (see above): y (M, sum of rows) = x (M, K) times the `count` matrices, side by side;
+ * or, `gated`, y (M, rows) = silu(x gate^T) * (x up^T) for the two matrices gate and up of one shape (a SiLU-gated
+ * MLP), whose panels then hold 16 rows of each: the products never leave the cache (for the 0.5B's 952-token
+ * prompt they would be 37 MB a layer, written, faulted in and read again).
+ * code: the 16 NF4 values. The rows (of each, gated) must be a multiple of 8. Scratch: xu M * K bytes, xs and
+ * xzs M * K / 64 floats. */
 void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code, const float *x, float *y,
-                       int64_t M, uint8_t *xu, float *xs, float *xzs, int threads) {
+                       int64_t M, uint8_t *xu, float *xs, float *xzs, int gated, int threads) {
     const int64_t K = parts[0].cols, blocks = K / BLOCK;
     int64_t width = 0;
     for (int64_t p = 0; p < count; p++) width += parts[p].rows;
+    /* panels: `step` output columns each, from rows r0.. (and, gated, the up matrix's r0.. after them) */
+    const int64_t columns = gated ? parts[0].rows : width, step = gated ? PANEL / 2 : PANEL;
     prompt_quantize_input(x, xu, xs, xzs, M, K, threads);
     int8_t bytes[32];
     for (int i = 0; i < 16; i++) bytes[i] = bytes[16 + i] = (int8_t)lrintf(code[i] * PROMPT_W_ONE);
@@ -329,33 +349,36 @@ void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code
 #pragma omp parallel num_threads(threads)
     {
         int8_t *panel = aligned_alloc(32, PANEL * K);
-        float bias[PANEL];
+        float bias[PANEL], products[PROMPT_TILE * 16];
         float *scales = malloc(sizeof(float) * PANEL * blocks), *sums = malloc(sizeof(float) * PANEL * blocks);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t r0 = 0; r0 < width; r0 += PANEL) {
-            const int64_t rows = width - r0 < PANEL ? width - r0 : PANEL;
-            for (int64_t e = 0; e < rows; e += 8)
-                expand_eight_rows(parts, r0 + e, table, panel + e * K, scales + e * blocks,
-                                  sums + e * blocks);
-            for (int64_t e = 0; e < rows; e++) {
+        for (int64_t r0 = 0; r0 < columns; r0 += step) {
+            const int64_t here = columns - r0 < step ? columns - r0 : step, rows = gated ? 2 * here : here;
+            for (int64_t e = 0; e < rows; e++) { /* panel row e: which row of the matrices side by side */
+                const int64_t row = gated && e >= here ? columns + r0 + e - here : r0 + e;
+                if (e % 8 == 0)
+                    expand_eight_rows(parts, row, table, panel + e * K, scales + e * blocks, sums + e * blocks);
                 int64_t n;
-                const nf4_weight *w = part_of_row(parts, r0 + e, &n);
+                const nf4_weight *w = part_of_row(parts, row, &n);
                 bias[e] = w->bias ? w->bias[n] : 0.f;
             }
             for (int64_t m0 = 0; m0 < M; m0 += PROMPT_TILE) {
                 const int tokens = M - m0 < PROMPT_TILE ? (int)(M - m0) : PROMPT_TILE;
-                for (int64_t e = 0; e < rows; e += 8) {
-                    const int8_t *w = panel + e * K;
-                    const float *sc = scales + e * blocks, *su = sums + e * blocks;
-                    const uint8_t *xq = xu + m0 * K;
-                    const float *ts = xs + m0 * blocks, *tz = xzs + m0 * blocks, *bi = bias + e;
-                    float *out = y + m0 * width + r0 + e;
-                    switch (tokens) {
-                    case 4: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 4); break;
-                    case 3: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 3); break;
-                    case 2: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 2); break;
-                    default: prompt_tile(w, sc, su, xq, ts, tz, K, bi, out, width, 1);
+                const uint8_t *xq = xu + m0 * K;
+                const float *ts = xs + m0 * blocks, *tz = xzs + m0 * blocks;
+                for (int64_t e = 0; e < here; e += 8) {
+                    if (!gated) {
+                        prompt_tiles(panel + e * K, scales + e * blocks, sums + e * blocks, xq, ts, tz, K,
+                                     bias + e, y + m0 * width + r0 + e, width, tokens);
+                        continue;
                     }
+                    const int64_t u = here + e; /* the up rows of these gate rows */
+                    prompt_tiles(panel + e * K, scales + e * blocks, sums + e * blocks, xq, ts, tz, K, bias + e,
+                                 products, 16, tokens);
+                    prompt_tiles(panel + u * K, scales + u * blocks, sums + u * blocks, xq, ts, tz, K, bias + u,
+                                 products + 8, 16, tokens);
+                    for (int t = 0; t < tokens; t++)
+                        silu_mul_row(products + 16 * t, y + (m0 + t) * columns + r0 + e, 8);
                 }
             }
         }

@@ -117,6 +117,22 @@ def test_sibling_projections_are_one_call_with_outputs_side_by_side(kernel):
         assert torch.allclose(together, torch.cat([q(x), k(x), v(x)], dim=-1), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("width, tokens", [(320, 100), (24, 9), (8, 8)])
+def test_a_gated_pair_is_silu_of_the_gate_times_the_up_product_in_one_pass(kernel, width, tokens):
+    """Panels of 16 gate and 16 up rows, cut at any multiple of 8; the products are the prompt kernel's own."""
+    torch.manual_seed(width)
+    gate, up = (NF4Linear.from_bitsandbytes(bitsandbytes_linear(128, width, bias=bias), kernel)
+                for bias in (False, True))
+    pair = NF4Projections([gate, up])
+    x = torch.randn(1, tokens, 128)
+    got = pair.silu_gated(x)
+    assert got.shape == (1, tokens, width)
+    expected = torch.nn.functional.silu(prompt_kernel_arithmetic(gate, x)) * prompt_kernel_arithmetic(up, x)
+    assert relative_error(got.double(), expected) < 1e-5
+    assert pair.silu_gated(x[:, :nf4_cpu.PROMPT_KERNEL_TOKENS - 1]) is None  # decoding: not the prompt kernel
+    assert NF4Projections([gate, up, up]).silu_gated(x) is None
+
+
 @pytest.fixture(scope="module")
 def model_dir(random_qwen2):
     """Widths that are multiples of the kernel's 64-wide blocks (the shared tiny model's 32 are not)."""
