@@ -96,8 +96,9 @@ class LLMSettings:
     model: str = "qwen2.5-0.5b"
     # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU, and on a CPU where our kernels run (AVX2,
     # FMA, a C compiler) unless it has native bf16; "int8" on other CPUs. On a 2-core AVX2 EPYC (bench_llm, 0.5B,
-    # 952-token prompt) NF4 is ahead on every count: TTFT 3.90 s against int8's 4.29 s (prompts on the byte
-    # kernel, llm/nf4_kernel.c), decode 35.1 against 31.6 tok/s, load 14.1 against 18.0 s, less memory.
+    # 952-token prompt) NF4 is ahead: TTFT 3.46 s against int8's 4.37 s (prompts on the byte kernel,
+    # llm/nf4_kernel.c), decode 32.2 against 24.5 tok/s, load 15.4 against 20.2 s (one run; peak RSS of either
+    # varies between 3.2 and 4.3 GiB from run to run).
     # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
     # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
     # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 kernels (llm/nf4_kernel.c), the output
