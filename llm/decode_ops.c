@@ -142,63 +142,41 @@ void decode_attention(float *qkv, const float *cos, const float *sin, float *key
 #define QUERY_BLOCK 32
 #define KEY_BLOCK 64
 
-/* s (n rows from r, KEY_BLOCK columns) = q (row stride d) times kt (d x KEY_BLOCK), sixteen columns at a time;
- * columns a multiple of 16. n is a constant where inlined, so the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void score_rows(const float *q, const float *kt, int64_t d,
-                                                             int columns, float *s, const int n) {
-    for (int c = 0; c < columns; c += 16) {
-        __m256 acc[4][2];
-        for (int i = 0; i < n; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-        for (int64_t e = 0; e < d; e++) {
-            const __m256 k0 = _mm256_load_ps(kt + e * KEY_BLOCK + c), k1 = _mm256_load_ps(kt + e * KEY_BLOCK + c + 8);
+/* c (n rows, `columns` of them, a multiple of 16) = a (n rows, `depth` each) times b (depth rows), plus c itself
+ * when `accumulate`; sixteen columns at a time. n is a constant where inlined, so the sums stay in registers. */
+static inline __attribute__((always_inline)) void rows_times(const float *a, int64_t a_stride, const float *b,
+                                                             int64_t b_stride, int64_t depth, float *c,
+                                                             int64_t c_stride, int64_t columns, int accumulate,
+                                                             const int n) {
+    for (int64_t j = 0; j < columns; j += 16) {
+        __m256 sum[4][2];
+        for (int i = 0; i < n; i++) {
+            sum[i][0] = accumulate ? _mm256_loadu_ps(c + i * c_stride + j) : _mm256_setzero_ps();
+            sum[i][1] = accumulate ? _mm256_loadu_ps(c + i * c_stride + j + 8) : _mm256_setzero_ps();
+        }
+        for (int64_t e = 0; e < depth; e++) {
+            const __m256 b0 = _mm256_loadu_ps(b + e * b_stride + j), b1 = _mm256_loadu_ps(b + e * b_stride + j + 8);
             for (int i = 0; i < n; i++) {
-                const __m256 x = _mm256_broadcast_ss(q + i * d + e);
-                acc[i][0] = _mm256_fmadd_ps(x, k0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(x, k1, acc[i][1]);
+                const __m256 x = _mm256_broadcast_ss(a + i * a_stride + e);
+                sum[i][0] = _mm256_fmadd_ps(x, b0, sum[i][0]);
+                sum[i][1] = _mm256_fmadd_ps(x, b1, sum[i][1]);
             }
         }
         for (int i = 0; i < n; i++) {
-            _mm256_storeu_ps(s + i * KEY_BLOCK + c, acc[i][0]);
-            _mm256_storeu_ps(s + i * KEY_BLOCK + c + 8, acc[i][1]);
+            _mm256_storeu_ps(c + i * c_stride + j, sum[i][0]);
+            _mm256_storeu_ps(c + i * c_stride + j + 8, sum[i][1]);
         }
     }
 }
 
-/* o (n rows, d) += p (n rows of KEY_BLOCK, `keys` of them used) times v (keys x d), sixteen columns at a time. */
-static inline __attribute__((always_inline)) void value_rows(const float *p, const float *v, int64_t d, int keys,
-                                                             float *o, const int n) {
-    for (int64_t c = 0; c < d; c += 16) {
-        __m256 acc[4][2];
-        for (int i = 0; i < n; i++) {
-            acc[i][0] = _mm256_loadu_ps(o + i * d + c);
-            acc[i][1] = _mm256_loadu_ps(o + i * d + c + 8);
-        }
-        for (int j = 0; j < keys; j++) {
-            const __m256 v0 = _mm256_loadu_ps(v + j * d + c), v1 = _mm256_loadu_ps(v + j * d + c + 8);
-            for (int i = 0; i < n; i++) {
-                const __m256 x = _mm256_broadcast_ss(p + i * KEY_BLOCK + j);
-                acc[i][0] = _mm256_fmadd_ps(x, v0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(x, v1, acc[i][1]);
-            }
-        }
-        for (int i = 0; i < n; i++) {
-            _mm256_storeu_ps(o + i * d + c, acc[i][0]);
-            _mm256_storeu_ps(o + i * d + c + 8, acc[i][1]);
-        }
-    }
-}
-
-/* A block of scores (rows x KEY_BLOCK) and its product with the values, four query rows at a time. */
-static void block_scores(const float *q, const float *kt, int64_t d, int rows, int columns, float *s) {
+/* rows_times for `rows` rows, four at a time. */
+static void block_product(const float *a, int64_t a_stride, const float *b, int64_t b_stride, int64_t depth,
+                          float *c, int64_t c_stride, int64_t columns, int accumulate, int rows) {
     int r = 0;
-    for (; r + 4 <= rows; r += 4) score_rows(q + r * d, kt, d, columns, s + r * KEY_BLOCK, 4);
-    for (; r < rows; r++) score_rows(q + r * d, kt, d, columns, s + r * KEY_BLOCK, 1);
-}
-
-static void block_values(const float *p, const float *v, int64_t d, int rows, int keys, float *o) {
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) value_rows(p + r * KEY_BLOCK, v, d, keys, o + r * d, 4);
-    for (; r < rows; r++) value_rows(p + r * KEY_BLOCK, v, d, keys, o + r * d, 1);
+    for (; r + 4 <= rows; r += 4)
+        rows_times(a + r * a_stride, a_stride, b, b_stride, depth, c + r * c_stride, c_stride, columns, accumulate, 4);
+    for (; r < rows; r++)
+        rows_times(a + r * a_stride, a_stride, b, b_stride, depth, c + r * c_stride, c_stride, columns, accumulate, 1);
 }
 
 void prefill_attention(const float *q, int64_t q_stride, const float *keys, const float *values, int64_t start,
@@ -238,7 +216,8 @@ void prefill_attention(const float *q, int64_t q_stride, const float *keys, cons
             const float *k = kt + g * d * width, *v = values + g * capacity * d;
             for (int64_t k0 = 0; k0 <= last; k0 += KEY_BLOCK) {
                 const int keys_here = last + 1 - k0 < KEY_BLOCK ? (int)(last + 1 - k0) : KEY_BLOCK;
-                block_scores(qb, k + k0 * d, d, rows, (keys_here + 15) / 16 * 16, s);
+                /* scores (rows x KEY_BLOCK) = queries times this block of transposed keys */
+                block_product(qb, d, k + k0 * d, KEY_BLOCK, d, s, KEY_BLOCK, (keys_here + 15) / 16 * 16, 0, rows);
                 for (int r = 0; r < rows; r++) {
                     float *row = s + r * KEY_BLOCK;
                     /* keys k0 + j for j < visible are at or before this query's position */
@@ -259,7 +238,8 @@ void prefill_attention(const float *q, int64_t q_stride, const float *keys, cons
                     if (shrink != 1.f)
                         for (int64_t e = 0; e < d; e++) o[r * d + e] *= shrink;
                 }
-                block_values(s, v + k0 * d, d, rows, keys_here, o);
+                /* o += probabilities times this block's values */
+                block_product(s, KEY_BLOCK, v + k0 * d, d, keys_here, o, d, d, 1, rows);
             }
             for (int r = 0; r < rows; r++) {
                 const float inverse = 1.f / total[r];
