@@ -90,14 +90,14 @@ def text_pieces(tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
     """
     ids: list[int] = []
     context = pending = 0  # ids[context:pending] were emitted and give the next piece its context
+    emitted = ""  # their text
     for token in token_ids:
         ids.append(token)
-        emitted = tokenizer.decode(ids[context:pending], skip_special_tokens=True)
         text = tokenizer.decode(ids[context:], skip_special_tokens=True)
         if not text.endswith("\ufffd") and text.startswith(emitted) and len(text) > len(emitted):
             yield text[len(emitted):]
             context, pending = pending, len(ids)
-    emitted = tokenizer.decode(ids[context:pending], skip_special_tokens=True)
+            emitted = tokenizer.decode(ids[context:pending], skip_special_tokens=True)
     text = tokenizer.decode(ids[context:], skip_special_tokens=True)
     if text.startswith(emitted) and len(text) > len(emitted):  # the end, even if it is a replacement character
         yield text[len(emitted):]
