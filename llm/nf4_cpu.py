@@ -138,7 +138,7 @@ def nf4_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module) -> 
     shape, dtype, width = x.shape, x.dtype, sum(l.out_features for l in linears)
     x = x.reshape(-1, linears[0].in_features)
     tokens = x.shape[0]
-    prompt = tokens >= PROMPT_KERNEL_TOKENS and dtype == torch.float32 and width % 8 == 0
+    prompt = takes_prompt_kernel(tokens, dtype, width)
     if tokens > MAX_KERNEL_TOKENS and not prompt:
         return dequantized_product(x, linears, owner).reshape(*shape[:-1], width)
     x = x.float().contiguous()
@@ -152,6 +152,12 @@ def nf4_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module) -> 
     library.nf4_linear(owner._structs[1], len(linears), x.data_ptr(), out.data_ptr(), tokens, quantized_at,
                        quantized_at + tokens * x.shape[1] * 2, threads)
     return out.to(dtype).reshape(*shape[:-1], width)
+
+
+def takes_prompt_kernel(tokens: int, dtype: torch.dtype, rows: int) -> bool:
+    """Whether a product of ``tokens`` tokens in ``dtype`` with ``rows`` output rows runs on the prompt kernel,
+    which computes float32 in tiles of 8 rows."""
+    return tokens >= PROMPT_KERNEL_TOKENS and dtype == torch.float32 and rows % 8 == 0
 
 
 def prompt_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module, gated: bool) -> torch.Tensor:
@@ -212,8 +218,8 @@ class NF4Projections(SharedProduct):
         cache); None where that kernel doesn't take ``x`` (few tokens, not float32)."""
         gate, up = self.linears[0], self.linears[-1]
         tokens = x.numel() // x.shape[-1]
-        if (len(self.linears) != 2 or gate.out_features != up.out_features or gate.out_features % 8
-                or x.dtype != torch.float32 or tokens < PROMPT_KERNEL_TOKENS):
+        if (len(self.linears) != 2 or gate.out_features != up.out_features
+                or not takes_prompt_kernel(tokens, x.dtype, gate.out_features)):
             return None
         out = prompt_product(x.reshape(tokens, -1).contiguous(), [gate, up], self, gated=True)
         return out.reshape(*x.shape[:-1], gate.out_features)
