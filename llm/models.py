@@ -159,6 +159,14 @@ def cpu_has_native_bf16() -> bool:
     return has_avx512bf16()
 
 
+def disable_bf16_repacking(model) -> None:
+    """bitsandbytes repacks 4-bit weights for good on the first no-grad forward on AVX512-BF16 CPUs, for a bf16
+    kernel; that silently breaks gradients through them afterwards (NOTES). Training instances never repack."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) -> str:
     """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (llm/nf4_kernel.c: AVX2, FMA, a C compiler)
     unless it has native bf16; int8 elsewhere (see ``LLMSettings.quantization`` for the measurements)."""
@@ -186,7 +194,8 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     # torch 2.13 emulates bf16 at under 1 GFLOPS (900x896 @ 896x4864 took 11.9 s in bf16, 0.31 s in fp32 on an
     # AVX2 EPYC), so a prompt would prefill for minutes: there the 4-bit weights are dequantised to fp32.
     native_bf16 = device == "cuda" or (not for_training and cpu_has_native_bf16())
-    compute = torch.bfloat16 if native_bf16 else torch.float32
+    on_our_kernels = device == "cpu" and quantization == "nf4" and not for_training and settings.nf4_kernel
+    compute = torch.bfloat16 if native_bf16 and not on_our_kernels else torch.float32
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -204,11 +213,7 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     loaded = LoadedModel(model, tokenizer, settings.model, model_fingerprint(settings), device,
                          quantization=quantization)
     if for_training:
-        # bitsandbytes repacks 4-bit weights for good on the first no-grad forward on AVX512-BF16 CPUs, which
-        # silently breaks gradients through them afterwards (NOTES). Training instances never repack.
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+        disable_bf16_repacking(model)
         return loaded
     model.eval()
     if settings.adapter:

@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("nf4_kernel.c", "decode_ops.c"))
+HEADERS = (Path(__file__).with_name("nf4_prompt_tile.h"),)
 
 
 class NF4Weight(ctypes.Structure):
@@ -38,7 +39,8 @@ _pointer, _size, _float, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
 SIGNATURES = {
     "nf4_linear": [ctypes.POINTER(NF4Weight), _size, _pointer, _pointer, _size, _pointer, _pointer, _int],
     "nf4_prompt_linear": [ctypes.POINTER(NF4Weight), _size, _pointer, _pointer, _pointer, _size, _pointer, _pointer,
-                          _pointer, _int, _int],
+                          _pointer, _int, _int, _int],
+    "nf4_prompt_has_vnni": [],
     "nf4_dequantize": [ctypes.POINTER(NF4Weight), _pointer, _pointer, _int],
     "nf4_encode": [_pointer, _size, _pointer, _pointer, _pointer, _int],
     "add_rms_norm": [_pointer, _pointer, _pointer, _float, _pointer, _size],
@@ -48,6 +50,7 @@ SIGNATURES = {
     "prefill_attention": [_pointer, _size, _pointer, _pointer, _size, _size, _size, _size, _size, _size, _float,
                           _pointer, _int],
 }
+RETURNS = {"nf4_prompt_has_vnni": _int}  # the others return nothing
 
 _library: ctypes.CDLL | None = None
 _lock = threading.Lock()
@@ -71,14 +74,14 @@ def load_native(cache_dir: Path) -> ctypes.CDLL | None:
         if compiler is None:
             log.warning("C kernels: no C compiler found; torch's and bitsandbytes' own (slower) paths are used")
             return None
-        digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + compiler.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS) + compiler.encode()).hexdigest()[:16]
         target = Path(cache_dir) / "kernels" / f"kbchat-{digest}.so"
         if not target.is_file() and not _compile(compiler, target):
             return None
         library = ctypes.CDLL(str(target))
         for name, arguments in SIGNATURES.items():
             function = getattr(library, name)
-            function.argtypes, function.restype = arguments, None
+            function.argtypes, function.restype = arguments, RETURNS.get(name)
         _library = library
         return library
 

@@ -160,17 +160,21 @@ def takes_prompt_kernel(tokens: int, dtype: torch.dtype, rows: int) -> bool:
     return tokens >= PROMPT_KERNEL_TOKENS and dtype == torch.float32 and rows % 8 == 0
 
 
-def prompt_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module, gated: bool) -> torch.Tensor:
+def prompt_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module, gated: bool,
+                   vnni: bool | None = None) -> torch.Tensor:
     """x (tokens, in; float32, contiguous) times ``linears`` on the prompt kernel: their outputs side by side, or
-    with ``gated``, ``silu(x gate^T) * (x up^T)`` for ``linears == [gate, up]``, computed tile by tile."""
+    with ``gated``, ``silu(x gate^T) * (x up^T)`` for ``linears == [gate, up]``, computed tile by tile.
+    ``vnni``: the kernel's AVX512-VNNI tiles, same outputs (default: where the CPU has them)."""
     owner._structs = weight_structs(linears, getattr(owner, "_structs", None))
-    tokens = x.shape[0]
+    library, tokens = linears[0].library, x.shape[0]
+    if vnni is None:
+        vnni = bool(library.nf4_prompt_has_vnni())
     out = torch.empty(tokens, linears[0].out_features if gated else sum(l.out_features for l in linears))
     quantized = torch.empty(tokens * x.shape[1], dtype=torch.uint8)
     scales = torch.empty(2, tokens * x.shape[1] // BLOCK)
-    linears[0].library.nf4_prompt_linear(owner._structs[1], len(linears), linears[0].code.data_ptr(), x.data_ptr(),
-                                         out.data_ptr(), tokens, quantized.data_ptr(), scales[0].data_ptr(),
-                                         scales[1].data_ptr(), int(gated), torch.get_num_threads())
+    library.nf4_prompt_linear(owner._structs[1], len(linears), linears[0].code.data_ptr(), x.data_ptr(),
+                              out.data_ptr(), tokens, quantized.data_ptr(), scales[0].data_ptr(),
+                              scales[1].data_ptr(), int(gated), int(vnni), torch.get_num_threads())
     return out
 
 

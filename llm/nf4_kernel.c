@@ -277,53 +277,48 @@ static void expand_eight_rows(const nf4_weight *parts, int64_t r0, const __m256i
     }
 }
 
-/* y[t * width + 0..7] = tokens (<= 4) of the quantised input times eight expanded rows, plus their bias. */
-static inline __attribute__((always_inline)) void prompt_tile(const int8_t *w, const float *scales,
-                                                              const float *sums, const uint8_t *xu,
-                                                              const float *xs, const float *xzs, int64_t K,
-                                                              const float *bias, float *y, int64_t width,
-                                                              const int tokens) {
-    const int64_t blocks = K / BLOCK;
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    __m256 acc[PROMPT_TILE];
-    for (int t = 0; t < tokens; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < blocks; b++) {
-        __m256i wide[PROMPT_TILE];
-        for (int t = 0; t < tokens; t++) wide[t] = _mm256_setzero_si256();
-        const int8_t *wb = w + b * 16 * 32;
-        for (int q = 0; q < 16; q += 2) {
-            const __m256i w0 = _mm256_load_si256((const __m256i *)(wb + q * 32));
-            const __m256i w1 = _mm256_load_si256((const __m256i *)(wb + q * 32 + 32));
-            for (int t = 0; t < tokens; t++) {
-                const uint8_t *xq = xu + t * K + b * BLOCK + 4 * q;
-                /* |sum| <= 2 * (2 * 127 * 63) = 32004: two products fit in 16 bits */
-                const __m256i pair = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(_mm256_set1_epi32(*(const int32_t *)xq), w0),
-                    _mm256_maddubs_epi16(_mm256_set1_epi32(*(const int32_t *)(xq + 4)), w1));
-                wide[t] = _mm256_add_epi32(wide[t], _mm256_madd_epi16(pair, ones16));
-            }
-        }
-        const __m256 scale = _mm256_loadu_ps(scales + b * 8), sum = _mm256_loadu_ps(sums + b * 8);
-        for (int t = 0; t < tokens; t++) {
-            const __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(wide[t]), scale);
-            acc[t] = _mm256_fmadd_ps(product, _mm256_set1_ps(xs[t * blocks + b]), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(xzs[t * blocks + b]), sum, acc[t]);
-        }
-    }
-    const __m256 shift = _mm256_loadu_ps(bias);
-    for (int t = 0; t < tokens; t++) _mm256_storeu_ps(y + t * width, _mm256_add_ps(acc[t], shift));
+/* wide + the products of 8 input bytes (x0: 4 of them in every 32-bit lane, then x1) with 8 rows' 8 weight
+ * bytes (w0: 4 per row, then w1), per row and 32-bit lane. */
+static inline __attribute__((always_inline)) __m256i eight_bytes_product(__m256i wide, __m256i x0, __m256i w0,
+                                                                         __m256i x1, __m256i w1) {
+    /* |sum| <= 2 * (2 * 127 * 63) = 32004: two products fit in 16 bits */
+    const __m256i pair = _mm256_add_epi16(_mm256_maddubs_epi16(x0, w0), _mm256_maddubs_epi16(x1, w1));
+    return _mm256_add_epi32(wide, _mm256_madd_epi16(pair, _mm256_set1_epi16(1)));
 }
+/* A panel of expanded rows (expand_eight_rows: bytes, then their scales and sums per block), with their bias. */
+typedef struct {
+    const int8_t *bytes;
+    const float *scales, *sums, *bias;
+    int64_t K;
+} prompt_panel;
 
-/* Eight rows of a panel times `tokens` (<= 4) tokens from m0 on, into y[t * width]. */
-static void prompt_tiles(const int8_t *w, const float *scales, const float *sums, const uint8_t *xu,
-                         const float *xs, const float *xzs, int64_t K, const float *bias, float *y, int64_t width,
-                         int tokens) {
-    switch (tokens) {
-    case 4: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 4); break;
-    case 3: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 3); break;
-    case 2: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 2); break;
-    default: prompt_tile(w, scales, sums, xu, xs, xzs, K, bias, y, width, 1);
-    }
+#define TILE_FUNCTION prompt_tile
+#define TILES_FUNCTION prompt_tiles
+#define EIGHT_BYTES_PRODUCT eight_bytes_product
+#define FUSED_GROUPS 0
+#include "nf4_prompt_tile.h"
+
+/* The same with AVX512-VNNI (on 256-bit vectors): vpdpbusd adds each lane's four byte products into 32 bits in
+ * one instruction, where the path above needs five. The integers are the same, so are the outputs. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+static inline __attribute__((always_inline)) __m256i eight_bytes_product_vnni(__m256i wide, __m256i x0,
+                                                                              __m256i w0, __m256i x1, __m256i w1) {
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(wide, x0, w0), x1, w1);
+}
+#define TILE_FUNCTION prompt_tile_vnni
+#define TILES_FUNCTION prompt_tiles_vnni
+#define EIGHT_BYTES_PRODUCT eight_bytes_product_vnni
+#define FUSED_GROUPS 1
+#include "nf4_prompt_tile.h"
+#pragma GCC pop_options
+
+typedef void (*prompt_tiles_fn)(const prompt_panel *, const int64_t *, int, const uint8_t *, const float *,
+                                const float *, float *const *, int64_t, int);
+
+/* Whether this CPU can take the VNNI path: 1 (AVX512-VNNI and AVX512-VL) or 0. */
+int nf4_prompt_has_vnni(void) {
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
 }
 
 /* decode_ops.c: out = silu(gate_up[:width]) * gate_up[width:] */
@@ -334,9 +329,9 @@ void silu_mul_row(const float *gate_up, float *out, int64_t width);
  * MLP), whose panels then hold 16 rows of each: the products never leave the cache (for the 0.5B's 952-token
  * prompt they would be 37 MB a layer, written, faulted in and read again).
  * code: the 16 NF4 values. The rows (of each, gated) must be a multiple of 8. Scratch: xu M * K bytes, xs and
- * xzs M * K / 64 floats. */
+ * xzs M * K / 64 floats. vnni: use the AVX512-VNNI tiles (only where nf4_prompt_has_vnni()). */
 void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code, const float *x, float *y,
-                       int64_t M, uint8_t *xu, float *xs, float *xzs, int gated, int threads) {
+                       int64_t M, uint8_t *xu, float *xs, float *xzs, int gated, int vnni, int threads) {
     const int64_t K = parts[0].cols, blocks = K / BLOCK;
     int64_t width = 0;
     for (int64_t p = 0; p < count; p++) width += parts[p].rows;
@@ -346,6 +341,7 @@ void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code
     int8_t bytes[32];
     for (int i = 0; i < 16; i++) bytes[i] = bytes[16 + i] = (int8_t)lrintf(code[i] * PROMPT_W_ONE);
     const __m256i table = _mm256_loadu_si256((const __m256i *)bytes);
+    const prompt_tiles_fn tiles = vnni ? prompt_tiles_vnni : prompt_tiles;
 #pragma omp parallel num_threads(threads)
     {
         int8_t *panel = aligned_alloc(32, PANEL * K);
@@ -362,21 +358,23 @@ void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code
                 const nf4_weight *w = part_of_row(parts, row, &n);
                 bias[e] = w->bias ? w->bias[n] : 0.f;
             }
+            const prompt_panel rows_here = {panel, scales, sums, bias, K};
             for (int64_t m0 = 0; m0 < M; m0 += PROMPT_TILE) {
                 const int tokens = M - m0 < PROMPT_TILE ? (int)(M - m0) : PROMPT_TILE;
                 const uint8_t *xq = xu + m0 * K;
                 const float *ts = xs + m0 * blocks, *tz = xzs + m0 * blocks;
-                for (int64_t e = 0; e < here; e += 8) {
-                    if (!gated) {
-                        prompt_tiles(panel + e * K, scales + e * blocks, sums + e * blocks, xq, ts, tz, K,
-                                     bias + e, y + m0 * width + r0 + e, width, tokens);
-                        continue;
+                if (!gated) {
+                    for (int64_t e = 0; e < here; e += 16) { /* two groups of eight rows where there are */
+                        const int64_t rows_of[2] = {e, e + 8};
+                        float *const out[2] = {y + m0 * width + r0 + e, y + m0 * width + r0 + e + 8};
+                        tiles(&rows_here, rows_of, e + 8 < here ? 2 : 1, xq, ts, tz, out, width, tokens);
                     }
-                    const int64_t u = here + e; /* the up rows of these gate rows */
-                    prompt_tiles(panel + e * K, scales + e * blocks, sums + e * blocks, xq, ts, tz, K, bias + e,
-                                 products, 16, tokens);
-                    prompt_tiles(panel + u * K, scales + u * blocks, sums + u * blocks, xq, ts, tz, K, bias + u,
-                                 products + 8, 16, tokens);
+                    continue;
+                }
+                for (int64_t e = 0; e < here; e += 8) { /* eight gate rows and their up rows */
+                    const int64_t rows_of[2] = {e, here + e};
+                    float *const out[2] = {products, products + 8};
+                    tiles(&rows_here, rows_of, 2, xq, ts, tz, out, 16, tokens);
                     for (int t = 0; t < tokens; t++)
                         silu_mul_row(products + 16 * t, y + (m0 + t) * columns + r0 + e, 8);
                 }

@@ -3,6 +3,7 @@ one call for sibling projections, the same logits as the bitsandbytes model when
 own layers where the kernel can't be built."""
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from kbcore.config import LLMSettings
 from llm import nf4_cpu
 from llm.forward import DecoderLayersForward, TransformersForward
+from llm import models
 from llm.models import load_model
 from llm import native
 from llm.nf4_cpu import NF4Linear, NF4Projections, nf4_product
@@ -97,6 +99,23 @@ def test_prompt_products_of_extreme_values_do_not_overflow(kernel):
     assert relative_error(got, x @ linear.weight.T) < 1e-2  # the 7-bit inputs' rounding
 
 
+@pytest.mark.parametrize("gated", [False, True])
+def test_the_vnni_tiles_give_the_outputs_of_the_avx2_tiles(kernel, gated):
+    """Where the CPU has AVX512-VNNI the prompt kernel takes it: the same integer sums, so the same outputs."""
+    if not kernel.nf4_prompt_has_vnni():
+        pytest.skip("this CPU has no AVX512-VNNI")
+    torch.manual_seed(1)
+    gate, up = (NF4Linear.from_bitsandbytes(bitsandbytes_linear(256, 40), kernel) for _ in range(2))
+    pair = NF4Projections([gate, up])
+    x = torch.randn(13, 256)  # 3 tiles of 4 tokens and one of 1
+    x[:, 5] *= 40
+    vnni = nf4_cpu.prompt_product(x, [gate, up], pair, gated, vnni=True)
+    assert torch.equal(vnni, nf4_cpu.prompt_product(x, [gate, up], pair, gated, vnni=False))
+    product = torch.cat([prompt_kernel_arithmetic(gate, x), prompt_kernel_arithmetic(up, x)], dim=-1)
+    expected = torch.nn.functional.silu(product[:, :40]) * product[:, 40:] if gated else product
+    assert relative_error(vnni.double(), expected) < 1e-5
+
+
 def test_prompts_in_bf16_use_the_dequantised_matrix(kernel):
     torch.manual_seed(0)
     ours = NF4Linear.from_bitsandbytes(bitsandbytes_linear(128, 64), kernel)
@@ -146,14 +165,23 @@ def run(forward, prompt, continuation):
 
 
 @pytest.mark.parametrize("prompt_kernel", [True, False])
+def bitsandbytes_model(settings, cache_dir, monkeypatch):
+    """``settings`` on bitsandbytes' own layers, in float32 as our kernels compute, though on a CPU with native
+    bf16 they would serve in bf16, on weights repacked for their bf16 kernel."""
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    loaded = load_model(replace(settings, nf4_kernel=False), cache_dir, shared=False)
+    models.disable_bf16_repacking(loaded.model)
+    return loaded
+
+
+@pytest.mark.parametrize("prompt_kernel", [True, False])
 def test_a_loaded_nf4_model_runs_on_the_kernel_with_the_logits_of_bitsandbytes_layers(model_dir, tmp_path,
                                                                                       monkeypatch, prompt_kernel):
     if not prompt_kernel:  # the prompt on the dequantised matrix: then only the 16-bit kernel's rounding is left
         monkeypatch.setattr(nf4_cpu, "PROMPT_KERNEL_TOKENS", 10 ** 9)
     settings = LLMSettings(model=str(model_dir), device="cpu", quantization="nf4")
     ours = load_model(settings, tmp_path, shared=False)
-    plain = load_model(LLMSettings(model=str(model_dir), device="cpu", quantization="nf4", nf4_kernel=False),
-                       tmp_path, shared=False)
+    plain = bitsandbytes_model(settings, tmp_path, monkeypatch)
     modules = list(ours.model.modules())
     assert sum(isinstance(m, NF4Projections) for m in modules) == 4  # q/k/v and gate/up of both layers
     assert not any(type(m).__name__ == "Linear4bit" for m in modules)
@@ -201,9 +229,8 @@ def test_our_quantisation_is_bitsandbytes_own(kernel):
     assert state.offset == expected.offset and state.shape == expected.shape
 
 
-def test_an_adapter_keeps_its_effect_on_the_kernel(model_dir, tmp_path):
+def test_an_adapter_keeps_its_effect_on_the_kernel(model_dir, tmp_path, monkeypatch):
     import json
-    from dataclasses import replace
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -224,7 +251,7 @@ def test_an_adapter_keeps_its_effect_on_the_kernel(model_dir, tmp_path):
 
     settings = LLMSettings(model=str(model_dir), device="cpu", quantization="nf4", adapter=str(folder))
     ours = load_model(settings, tmp_path, shared=False)
-    plain = load_model(replace(settings, nf4_kernel=False), tmp_path, shared=False)
+    plain = bitsandbytes_model(settings, tmp_path, monkeypatch)
     base = load_model(replace(settings, adapter=None), tmp_path, shared=False)
     assert ours.adapter == "random"
     assert sum(isinstance(m, NF4Linear) for m in ours.model.modules()) == 15  # 7 per layer, and the output layer
