@@ -285,6 +285,8 @@ static inline __attribute__((always_inline)) __m256i eight_bytes_product(__m256i
     const __m256i pair = _mm256_add_epi16(_mm256_maddubs_epi16(x0, w0), _mm256_maddubs_epi16(x1, w1));
     return _mm256_add_epi32(wide, _mm256_madd_epi16(pair, _mm256_set1_epi16(1)));
 }
+#define MAX_GROUPS 4 /* groups of 8 rows in one call of the tiles: a panel's */
+
 /* A panel of expanded rows (expand_eight_rows: bytes, then their scales and sums per block), with their bias. */
 typedef struct {
     const int8_t *bytes;
@@ -295,7 +297,7 @@ typedef struct {
 #define TILE_FUNCTION prompt_tile
 #define TILES_FUNCTION prompt_tiles
 #define EIGHT_BYTES_PRODUCT eight_bytes_product
-#define FUSED_GROUPS 0
+#define FUSED_GROUPS 1
 #include "nf4_prompt_tile.h"
 
 /* The same with AVX512-VNNI (on 256-bit vectors): vpdpbusd adds each lane's four byte products into 32 bits in
@@ -309,7 +311,7 @@ static inline __attribute__((always_inline)) __m256i eight_bytes_product_vnni(__
 #define TILE_FUNCTION prompt_tile_vnni
 #define TILES_FUNCTION prompt_tiles_vnni
 #define EIGHT_BYTES_PRODUCT eight_bytes_product_vnni
-#define FUSED_GROUPS 1
+#define FUSED_GROUPS 4
 #include "nf4_prompt_tile.h"
 #pragma GCC pop_options
 
@@ -345,7 +347,7 @@ void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code
 #pragma omp parallel num_threads(threads)
     {
         int8_t *panel = aligned_alloc(32, PANEL * K);
-        float bias[PANEL], products[PROMPT_TILE * 16];
+        float bias[PANEL], products[PROMPT_TILE * PANEL];
         float *scales = malloc(sizeof(float) * PANEL * blocks), *sums = malloc(sizeof(float) * PANEL * blocks);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t r0 = 0; r0 < columns; r0 += step) {
@@ -363,21 +365,24 @@ void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code
                 const int tokens = M - m0 < PROMPT_TILE ? (int)(M - m0) : PROMPT_TILE;
                 const uint8_t *xq = xu + m0 * K;
                 const float *ts = xs + m0 * blocks, *tz = xzs + m0 * blocks;
+                int64_t rows_of[MAX_GROUPS];
+                float *out[MAX_GROUPS];
+                int groups = 0;
                 if (!gated) {
-                    for (int64_t e = 0; e < here; e += 16) { /* two groups of eight rows where there are */
-                        const int64_t rows_of[2] = {e, e + 8};
-                        float *const out[2] = {y + m0 * width + r0 + e, y + m0 * width + r0 + e + 8};
-                        tiles(&rows_here, rows_of, e + 8 < here ? 2 : 1, xq, ts, tz, out, width, tokens);
+                    for (int64_t e = 0; e < here; e += 8, groups++) {
+                        rows_of[groups] = e;
+                        out[groups] = y + m0 * width + r0 + e;
                     }
+                    tiles(&rows_here, rows_of, groups, xq, ts, tz, out, width, tokens);
                     continue;
                 }
-                for (int64_t e = 0; e < here; e += 8) { /* eight gate rows and their up rows */
-                    const int64_t rows_of[2] = {e, here + e};
-                    float *const out[2] = {products, products + 8};
-                    tiles(&rows_here, rows_of, 2, xq, ts, tz, out, 16, tokens);
-                    for (int t = 0; t < tokens; t++)
-                        silu_mul_row(products + 16 * t, y + (m0 + t) * columns + r0 + e, 8);
+                for (int64_t e = 0; e < 2 * here; e += 8, groups++) { /* the gate rows, then their up rows */
+                    rows_of[groups] = e;
+                    out[groups] = products + e;
                 }
+                tiles(&rows_here, rows_of, groups, xq, ts, tz, out, PANEL, tokens);
+                for (int t = 0; t < tokens; t++)
+                    silu_mul_row(products + PANEL * t, y + (m0 + t) * columns + r0, here);
             }
         }
         free(panel); free(scales); free(sums);

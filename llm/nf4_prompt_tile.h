@@ -1,26 +1,26 @@
 /* The prompt kernel's tiles (llm/nf4_kernel.c), included there once per instruction set: TILES_FUNCTION names the
- * function, EIGHT_BYTES_PRODUCT is the integer step it is built on, and FUSED_GROUPS says whether two groups of
- * eight rows share each tile (they need 8 sums in registers at once; AVX2 has 16 registers, AVX-512 32). */
+ * function, EIGHT_BYTES_PRODUCT is the integer step it is built on, and FUSED_GROUPS says how many groups of
+ * eight rows share a tile (4 tokens x G groups need 4G sums in registers at once: AVX2 has 16, AVX-512 32). */
 
 /* y[g][t * width + 0..7] = tokens (<= 4) of the quantised input times the eight panel rows from rows[g] on, plus
- * their bias, for g < groups (<= 2). */
+ * their bias, for g < groups (<= MAX_GROUPS). Each input broadcast serves all the groups. */
 static inline __attribute__((always_inline)) void TILE_FUNCTION(const prompt_panel *panel, const int64_t *rows,
                                                               const int groups, const uint8_t *xu,
                                                               const float *xs, const float *xzs, float *const *y,
                                                               int64_t width, const int tokens) {
     const int64_t K = panel->K, blocks = K / BLOCK;
-    __m256 acc[PROMPT_TILE][2];
+    __m256 acc[PROMPT_TILE][MAX_GROUPS];
     for (int t = 0; t < tokens; t++)
         for (int g = 0; g < groups; g++) acc[t][g] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
-        __m256i wide[PROMPT_TILE][2];
-        const int8_t *wb[2];
+        __m256i wide[PROMPT_TILE][MAX_GROUPS];
+        const int8_t *wb[MAX_GROUPS];
         for (int g = 0; g < groups; g++) {
             wb[g] = panel->bytes + rows[g] * K + b * 16 * 32;
             for (int t = 0; t < tokens; t++) wide[t][g] = _mm256_setzero_si256();
         }
         for (int q = 0; q < 16; q += 2) {
-            __m256i w0[2], w1[2];
+            __m256i w0[MAX_GROUPS], w1[MAX_GROUPS];
             for (int g = 0; g < groups; g++) {
                 w0[g] = _mm256_load_si256((const __m256i *)(wb[g] + q * 32));
                 w1[g] = _mm256_load_si256((const __m256i *)(wb[g] + q * 32 + 32));
@@ -48,26 +48,25 @@ static inline __attribute__((always_inline)) void TILE_FUNCTION(const prompt_pan
     }
 }
 
-/* The tile above for `tokens` (<= 4) and `groups` (<= 2), its loops unrolled for each. */
+/* The tile above for `tokens` (<= 4) and `groups` (<= MAX_GROUPS), FUSED_GROUPS of them at a time, its loops
+ * unrolled for each count. */
 static void TILES_FUNCTION(const prompt_panel *panel, const int64_t *rows, int groups, const uint8_t *xu,
                            const float *xs, const float *xzs, float *const *y, int64_t width, int tokens) {
-    if (FUSED_GROUPS && groups == 2) {
-        switch (tokens) {
-        case 4: TILE_FUNCTION(panel, rows, 2, xu, xs, xzs, y, width, 4); break;
-        case 3: TILE_FUNCTION(panel, rows, 2, xu, xs, xzs, y, width, 3); break;
-        case 2: TILE_FUNCTION(panel, rows, 2, xu, xs, xzs, y, width, 2); break;
-        default: TILE_FUNCTION(panel, rows, 2, xu, xs, xzs, y, width, 1);
-        }
-        return;
+#define TILE_TOKENS(G)                                                                                             \
+    switch (tokens) {                                                                                              \
+    case 4: TILE_FUNCTION(panel, rows + g, G, xu, xs, xzs, y + g, width, 4); break;                               \
+    case 3: TILE_FUNCTION(panel, rows + g, G, xu, xs, xzs, y + g, width, 3); break;                               \
+    case 2: TILE_FUNCTION(panel, rows + g, G, xu, xs, xzs, y + g, width, 2); break;                               \
+    default: TILE_FUNCTION(panel, rows + g, G, xu, xs, xzs, y + g, width, 1);                                     \
     }
-    for (int g = 0; g < groups; g++) {
-        switch (tokens) {
-        case 4: TILE_FUNCTION(panel, rows + g, 1, xu, xs, xzs, y + g, width, 4); break;
-        case 3: TILE_FUNCTION(panel, rows + g, 1, xu, xs, xzs, y + g, width, 3); break;
-        case 2: TILE_FUNCTION(panel, rows + g, 1, xu, xs, xzs, y + g, width, 2); break;
-        default: TILE_FUNCTION(panel, rows + g, 1, xu, xs, xzs, y + g, width, 1);
-        }
+    for (int g = 0; g < groups; g += FUSED_GROUPS) {
+        const int here = groups - g < FUSED_GROUPS ? groups - g : FUSED_GROUPS;
+        if (here == 4) { TILE_TOKENS(4) }
+        else if (here == 3) { TILE_TOKENS(3) }
+        else if (here == 2) { TILE_TOKENS(2) }
+        else { TILE_TOKENS(1) }
     }
+#undef TILE_TOKENS
 }
 
 #undef TILE_FUNCTION

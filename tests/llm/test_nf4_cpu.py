@@ -99,20 +99,21 @@ def test_prompt_products_of_extreme_values_do_not_overflow(kernel):
     assert relative_error(got, x @ linear.weight.T) < 1e-2  # the 7-bit inputs' rounding
 
 
-@pytest.mark.parametrize("gated", [False, True])
-def test_the_vnni_tiles_give_the_outputs_of_the_avx2_tiles(kernel, gated):
-    """Where the CPU has AVX512-VNNI the prompt kernel takes it: the same integer sums, so the same outputs."""
+@pytest.mark.parametrize("gated, widths", [(False, (40, 48)), (False, (40,)), (True, (40, 40))])
+def test_the_vnni_tiles_give_the_outputs_of_the_avx2_tiles(kernel, gated, widths):
+    """Where the CPU has AVX512-VNNI the prompt kernel takes it: the same integer sums, so the same outputs. The
+    widths leave panels of 3, 1 and 2 groups of eight rows."""
     if not kernel.nf4_prompt_has_vnni():
         pytest.skip("this CPU has no AVX512-VNNI")
     torch.manual_seed(1)
-    gate, up = (NF4Linear.from_bitsandbytes(bitsandbytes_linear(256, 40), kernel) for _ in range(2))
-    pair = NF4Projections([gate, up])
+    linears = [NF4Linear.from_bitsandbytes(bitsandbytes_linear(256, width), kernel) for width in widths]
+    owner = NF4Projections(linears)
     x = torch.randn(13, 256)  # 3 tiles of 4 tokens and one of 1
     x[:, 5] *= 40
-    vnni = nf4_cpu.prompt_product(x, [gate, up], pair, gated, vnni=True)
-    assert torch.equal(vnni, nf4_cpu.prompt_product(x, [gate, up], pair, gated, vnni=False))
-    product = torch.cat([prompt_kernel_arithmetic(gate, x), prompt_kernel_arithmetic(up, x)], dim=-1)
-    expected = torch.nn.functional.silu(product[:, :40]) * product[:, 40:] if gated else product
+    vnni = nf4_cpu.prompt_product(x, linears, owner, gated, vnni=True)
+    assert torch.equal(vnni, nf4_cpu.prompt_product(x, linears, owner, gated, vnni=False))
+    products = [prompt_kernel_arithmetic(linear, x) for linear in linears]
+    expected = torch.nn.functional.silu(products[0]) * products[1] if gated else torch.cat(products, dim=-1)
     assert relative_error(vnni.double(), expected) < 1e-5
 
 
