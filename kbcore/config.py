@@ -95,14 +95,14 @@ class LLMSettings:
     # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
     model: str = "qwen2.5-0.5b"
     # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU, and on a CPU where our kernels run (AVX2,
-    # FMA, a C compiler) unless it has native bf16; "int8" on other CPUs. On a 2-core AVX2 EPYC (bench_llm, 0.5B,
-    # 952-token prompt) NF4 is ahead: TTFT 3.46 s against int8's 4.37 s (prompts on the byte kernel,
-    # llm/nf4_kernel.c), decode 32.2 against 24.5 tok/s, load 15.4 against 20.2 s (one run; peak RSS of either
-    # varies between 3.2 and 4.3 GiB from run to run).
+    # FMA, a C compiler); "int8" on other CPUs. bench_llm, 0.5B, 952-token prompt, NF4 against int8:
+    # - 2-core Zen 4 EPYC (AVX512-VNNI, native bf16): TTFT 1.5 s against 1.9 s, decode 40 against 37 tok/s;
+    # - 2-core Zen 2 EPYC (AVX2 only): TTFT 3.46 s against 4.37 s, decode 32.2 against 24.5 tok/s, load 15.4
+    #   against 20.2 s (peak RSS of either varies between 3.2 and 4.3 GiB from run to run).
     # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
     # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
-    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 kernels (llm/nf4_kernel.c), the output
-    # layer in NF4 too; bitsandbytes' own CPU layers decoded 3.6 tok/s.
+    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 / AVX512-VNNI kernels (llm/nf4_kernel.c),
+    # in fp32, the output layer in NF4 too; bitsandbytes' own CPU layers decoded 3.6 tok/s (AVX2), 22 (Zen 4).
     # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
     # "bf16"/"fp32" are the plain fallbacks.
     quantization: Literal["auto", "nf4", "int8", "fp16", "bf16", "fp32"] = "auto"

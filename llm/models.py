@@ -168,15 +168,15 @@ def disable_bf16_repacking(model) -> None:
 
 
 def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) -> str:
-    """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (llm/nf4_kernel.c: AVX2, FMA, a C compiler)
-    unless it has native bf16; int8 elsewhere (see ``LLMSettings.quantization`` for the measurements)."""
+    """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (llm/nf4_kernel.c: AVX2, FMA, a C
+    compiler); int8 elsewhere (see ``LLMSettings.quantization`` for the measurements)."""
     if settings.quantization != "auto":
         return settings.quantization
     if device == "cuda":
         return "nf4"
     from llm.native import load_native
 
-    nf4_kernel = settings.nf4_kernel and not cpu_has_native_bf16() and load_native(cache_dir) is not None
+    nf4_kernel = settings.nf4_kernel and load_native(cache_dir) is not None
     return "nf4" if nf4_kernel else "int8"
 
 
@@ -184,17 +184,21 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    from llm.native import load_native
+
     path = resolve_model_dir(settings, cache_dir)
     device = pick_device(settings)
     quantization = "nf4" if for_training else resolve_quantization(settings, device, cache_dir)
     cpu_kernels = device == "cpu" and quantization in ("int8", "fp16")
     kwargs: dict = {}
-    # On CUDA bf16 is the natural compute type, and on CPUs with native bf16 (AVX512-BF16, AMX) NF4 served
-    # with it decoded 20.0 tok/s against 18.1 in fp32 (0.5B, 952-token prompt, Sapphire Rapids). Elsewhere
-    # torch 2.13 emulates bf16 at under 1 GFLOPS (900x896 @ 896x4864 took 11.9 s in bf16, 0.31 s in fp32 on an
-    # AVX2 EPYC), so a prompt would prefill for minutes: there the 4-bit weights are dequantised to fp32.
+    # On CUDA bf16 is the natural compute type, and on CPUs with native bf16 (AVX512-BF16, AMX) bitsandbytes'
+    # NF4 layers served with it decoded 20.0 tok/s against 18.1 in fp32 (0.5B, 952-token prompt, Sapphire
+    # Rapids). Elsewhere torch 2.13 emulates bf16 at under 1 GFLOPS (900x896 @ 896x4864 took 11.9 s in bf16,
+    # 0.31 s in fp32 on an AVX2 EPYC). Our NF4 kernels compute in fp32 on any CPU: on a Zen 4 EPYC (native bf16)
+    # NF4 in bf16 prefilled on the dequantised bf16 matrix in 2.26 s, in fp32 on the prompt kernel in 1.5 s.
     native_bf16 = device == "cuda" or (not for_training and cpu_has_native_bf16())
-    on_our_kernels = device == "cpu" and quantization == "nf4" and not for_training and settings.nf4_kernel
+    on_our_kernels = (device == "cpu" and quantization == "nf4" and not for_training and settings.nf4_kernel
+                      and load_native(cache_dir) is not None)
     compute = torch.bfloat16 if native_bf16 and not on_our_kernels else torch.float32
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -230,8 +234,6 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
 
         use_nf4_kernel(loaded.model, cache_dir)
     if device == "cpu":
-        from llm.native import load_native
-
         loaded.native = load_native(cache_dir)
     return loaded
 

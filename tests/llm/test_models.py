@@ -49,12 +49,11 @@ def random_adapter(tiny_model_dir, tmp_path_factory):
 
 
 def test_auto_is_nf4_where_our_kernels_run_and_int8_on_other_cpus(tmp_path, monkeypatch):
-    from llm import models, native
+    from llm import native
 
     assert resolve_quantization(LLMSettings(), "cuda", tmp_path) == "nf4"
     assert resolve_quantization(LLMSettings(quantization="fp32"), "cpu", tmp_path) == "fp32"
-    kernels_run = native.cpu_supports_native() and not models.cpu_has_native_bf16()
-    assert resolve_quantization(LLMSettings(), "cpu", tmp_path) == ("nf4" if kernels_run else "int8")
+    assert resolve_quantization(LLMSettings(), "cpu", tmp_path) == ("nf4" if native.cpu_supports_native() else "int8")
     assert resolve_quantization(LLMSettings(nf4_kernel=False), "cpu", tmp_path) == "int8"
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setenv("CC", "false")  # no working compiler: no kernels
