@@ -28,7 +28,8 @@ W_ONE = 16000.0  # nf4_kernel.c's scale of the int16 code table
 # 146 ms).
 PROMPT_KERNEL_TOKENS = 8
 # Otherwise up to this many tokens run on the 16-bit kernel (decoding: exact to ~1e-4, one pass over the weights
-# per 4 tokens), and longer inputs in another dtype (bf16 where the CPU has it) on the dequantised matrix.
+# per 4 tokens), and longer inputs in another dtype (bf16, which the prompt kernel doesn't take) on the
+# dequantised matrix.
 MAX_KERNEL_TOKENS = 64
 
 
@@ -179,8 +180,7 @@ def prompt_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module, 
 
 
 def dequantized_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Module) -> torch.Tensor:
-    """x (tokens, in) times the dequantised matrices, in x's dtype: bf16 where the CPU has it natively (MKL's
-    bf16 product beats any 4-bit kernel there)."""
+    """x (tokens, in) times the dequantised matrices, in x's dtype (bf16 inputs: the model loaded in bf16)."""
     scratch = getattr(owner, "scratch", None)
     weight = (scratch.matrix if scratch else torch.empty)(sum(l.out_features for l in linears), x.shape[-1])
     row = 0
