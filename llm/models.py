@@ -174,10 +174,14 @@ def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) ->
         return settings.quantization
     if device == "cuda":
         return "nf4"
+    return "nf4" if nf4_kernels_run(settings, cache_dir) else "int8"
+
+
+def nf4_kernels_run(settings: LLMSettings, cache_dir: Path) -> bool:
+    """Whether NF4 on this CPU runs on our kernels: asked for (``nf4_kernel``) and buildable here."""
     from llm.native import load_native
 
-    nf4_kernel = settings.nf4_kernel and load_native(cache_dir) is not None
-    return "nf4" if nf4_kernel else "int8"
+    return settings.nf4_kernel and load_native(cache_dir) is not None
 
 
 def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_training: bool) -> LoadedModel:
@@ -197,8 +201,8 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     # 0.31 s in fp32 on an AVX2 EPYC). Our NF4 kernels compute in fp32 on any CPU: on a Zen 4 EPYC (native bf16)
     # NF4 in bf16 prefilled on the dequantised bf16 matrix in 2.26 s, in fp32 on the prompt kernel in 1.5 s.
     native_bf16 = device == "cuda" or (not for_training and cpu_has_native_bf16())
-    on_our_kernels = (device == "cpu" and quantization == "nf4" and not for_training and settings.nf4_kernel
-                      and load_native(cache_dir) is not None)
+    on_our_kernels = (device == "cpu" and quantization == "nf4" and not for_training
+                      and nf4_kernels_run(settings, cache_dir))
     compute = torch.bfloat16 if native_bf16 and not on_our_kernels else torch.float32
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -229,7 +233,7 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
         from llm.cpu_kernels import quantize_for_cpu
 
         quantize_for_cpu(loaded.model, quantization)
-    elif device == "cpu" and quantization == "nf4" and settings.nf4_kernel:
+    elif on_our_kernels:
         from llm.nf4_cpu import use_nf4_kernel
 
         use_nf4_kernel(loaded.model, cache_dir)

@@ -165,7 +165,6 @@ def run(forward, prompt, continuation):
         return torch.cat([forward(prompt)] + [forward(torch.tensor([[token]])) for token in continuation])
 
 
-@pytest.mark.parametrize("prompt_kernel", [True, False])
 def bitsandbytes_model(settings, cache_dir, monkeypatch):
     """``settings`` on bitsandbytes' own layers, in float32 as our kernels compute, though on a CPU with native
     bf16 they would serve in bf16, on weights repacked for their bf16 kernel."""
