@@ -101,3 +101,8 @@ class Answer:
     question: str = ""
     # The standalone question actually used for retrieval (differs from ``question`` for follow-ups).
     search_query: str = ""
+    # Why the model's own text was no answer ("loop", "echo", "placeholder", ... see llm.checks), when it was
+    # not; the text shown is then a quote of the best passage.
+    degenerate: str | None = None
+    # Claims of the answer (numbers) that its cited passages do not contain: shown to the user as unverified.
+    unsupported: tuple[str, ...] = ()

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from kbcore.config import Settings
 from kbcore.types import Answer, Citation, Hit
+from llm.checks import degenerate_reason, unsupported_numbers
 from llm.citations import resolve_citations, supporting_passage
 from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
 from llm.forward import model_forward
@@ -75,10 +76,12 @@ class Answerer:
         return self._loaded
 
     # ------------------------------------------------------------ preparing the prompt
-    def prepare(self, question: str, history: Sequence[dict] | None = None, k: int | None = None) -> Prepared:
+    def prepare(self, question: str, history: Sequence[dict] | None = None, k: int | None = None,
+                sources: Sequence[str] | None = None) -> Prepared:
+        """Retrieve (from ``sources`` only, when given) and build the prompt, or decide nothing relevant was found."""
         cfg = self.settings.llm
         query = standalone_question(question, history, cfg.history_turns)
-        hits = self.retriever.search(query, k or self.settings.retrieval.top_k) if query else []
+        hits = self.retriever.search(query, k or self.settings.retrieval.top_k, sources=sources) if query else []
         best = max((h.dense if h.dense is not None else h.score for h in hits), default=None)
         if best is None or best < cfg.min_relevance:
             return Prepared(question, query, hits, [], None)
@@ -139,11 +142,13 @@ class Answerer:
         forward = model_forward(loaded, ids.shape[1] + options.max_new_tokens)
         return text_pieces(loaded.tokenizer, decode(forward, ids, options))
 
-    def stream(self, question: str, history: Sequence[dict] | None = None, k: int | None = None) -> "AnswerStream":
-        return AnswerStream(self, self.prepare(question, history, k))
+    def stream(self, question: str, history: Sequence[dict] | None = None, k: int | None = None,
+               sources: Sequence[str] | None = None) -> "AnswerStream":
+        return AnswerStream(self, self.prepare(question, history, k, sources))
 
-    def answer(self, question: str, history: Sequence[dict] | None = None, k: int | None = None) -> Answer:
-        stream = self.stream(question, history, k)
+    def answer(self, question: str, history: Sequence[dict] | None = None, k: int | None = None,
+               sources: Sequence[str] | None = None) -> Answer:
+        stream = self.stream(question, history, k, sources)
         for _ in stream:
             pass
         return stream.answer
@@ -157,12 +162,15 @@ class Answerer:
         if not text or NOT_FOUND["zh"].rstrip("。") in text or NOT_FOUND["en"].rstrip(".") in text:
             return Answer(text=text or NOT_FOUND[language], hits=prepared.hits, found=False,
                           question=prepared.question, search_query=prepared.search_query)
+        degenerate = degenerate_reason(text, prepared.question, [h.source for h in prepared.passages])
         text, citations = resolve_citations(text, prepared.passages)
         if not citations and (best := supporting_passage(text, prepared.passages)) is not None:
             # The model copied from a passage without marking it: attribute by overlap, never by guess.
             _, citations = resolve_citations(f"[{best}]", prepared.passages)
+        cited = [prepared.passages[c.index - 1].text for c in citations]
+        unsupported = tuple(unsupported_numbers(text, cited, prepared.question))
         return Answer(text=text, citations=citations, hits=prepared.hits, found=True, question=prepared.question,
-                      search_query=prepared.search_query)
+                      search_query=prepared.search_query, degenerate=degenerate, unsupported=unsupported)
 
 
 class AnswerStream:

@@ -3,7 +3,8 @@
 Each judgment is three pages: the parties and case number (page 1), the facts the court found, with the parties
 called only 原告/被告 as judgments often do (page 2), and the decision (page 3). Each has two questions: one
 that names the parties and asks a fact on page 2, one that gives the case number and asks about page 3, so the
-page that answers never holds what tells the documents apart. Deterministic for a seed.
+page that answers never holds what tells the documents apart. ``answers`` are the retrieval hit rule's phrases,
+``facts`` the value alone that a correct answer states (``llm.eval``). Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def _loan(case: dict, rng: random.Random) -> tuple[list[str], list[dict]]:
         f"{amount}元及利息；\n二、驳回原告的其他诉讼请求。\n案件受理费{fee}元，减半收取{fee // 2}元，由被告负担。",
     ]
     questions = [
-        dict(question=f"原告{p}与被告{d}的借贷纠纷中，双方约定的月利率是多少？", pages=[2], answers=[f"月利率{rate}%"]),
+        dict(question=f"原告{p}与被告{d}的借贷纠纷中，双方约定的月利率是多少？", pages=[2], answers=[f"月利率{rate}%"],
+             facts=[f"{rate}%"]),
         dict(question=f"{case['number']}判决书里，案件受理费是多少、由谁负担？", pages=[3],
-             answers=[f"案件受理费{fee}元"]),
+             answers=[f"案件受理费{fee}元"], facts=[f"{fee}元"]),
     ]
     return pages, questions
 
@@ -75,9 +77,10 @@ def _lease(case: dict, rng: random.Random) -> tuple[list[str], list[dict]]:
         f"{rent * months}元；\n三、驳回原告的其他诉讼请求。\n案件受理费{fee}元，由被告负担。",
     ]
     questions = [
-        dict(question=f"{p}诉{d}的房屋租赁合同纠纷，合同约定的月租金是多少？", pages=[2], answers=[f"月租金{rent}元"]),
+        dict(question=f"{p}诉{d}的房屋租赁合同纠纷，合同约定的月租金是多少？", pages=[2], answers=[f"月租金{rent}元"],
+             facts=[f"{rent}元"]),
         dict(question=f"{case['number']}案件中，法院判决被告支付多少租金？", pages=[3],
-             answers=[f"租金{rent * months}元"]),
+             answers=[f"租金{rent * months}元"], facts=[f"{rent * months}元"]),
     ]
     return pages, questions
 
