@@ -6,6 +6,10 @@ Anything that cannot give text raises ``ParseError`` naming the file and the rea
 enough, so the checks cover empty files, non-PDF bytes behind a ``.pdf`` name, zero pages, passwords and
 scans without a text layer.
 
+Parsing is linear in the file's size (no backtracking regular expression sees document text, HTML is read by
+a small tokenizer of our own), and ``LimitSettings`` bounds what one file may hold: bytes, pages, characters
+per page and in all, headings and their length. A file over a limit raises ``ParseError`` naming the limit.
+
 >>> import tempfile, pathlib
 >>> md = pathlib.Path(tempfile.mkdtemp()) / "note.md"
 >>> _ = md.write_text("# 检索\\n正文。\\n## 细节\\n更多。", encoding="utf-8")
@@ -18,12 +22,15 @@ scans without a text layer.
 
 from __future__ import annotations
 
-import html.parser
+import html
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from kbcore.config import LimitSettings
 
 DocumentKind = Literal["pdf", "txt", "md", "html"]
 
@@ -79,27 +86,84 @@ def is_supported(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
 
 
-def parse_file(path: str | os.PathLike) -> ParsedDocument:
-    """Parse one file by its extension; raises ``ParseError`` (or ``UnsupportedFileError``) with the reason."""
+def parse_file(path: str | os.PathLike, limits: LimitSettings | None = None) -> ParsedDocument:
+    """Parse one file by its extension; raises ``ParseError`` (or ``UnsupportedFileError``) with the reason.
+    Only a regular file is read: a link, FIFO or device is refused before it is opened."""
     path = Path(path)
+    limits = limits or LimitSettings()
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise UnsupportedFileError(path, f"unsupported file type {path.suffix or '(no extension)'!r}; "
                                          f"supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ParseError(path, f"cannot read the file: {exc.strerror or exc}") from None
+    size = check_regular_file(path)
     if size == 0:
         raise ParseError(path, "empty file (0 bytes)")
+    if size > limits.max_file_mb * 2**20:
+        raise ParseError(path, f"file is {size / 2**20:.0f} MB, over the limit of {limits.max_file_mb} MB "
+                               f"(setting limits.max_file_mb)")
     if kind == "pdf":
-        return _parse_pdf(path)
-    text = _read_text(path)
-    if kind == "md":
-        return _parse_markdown(path, text)
-    if kind == "html":
-        return _parse_html(path, text)
-    return _parse_plain(path, text)
+        parsed = _parse_pdf(path, limits)
+    else:
+        # UTF-8 and GB18030 spend at most 4 bytes a character, so a bigger file holds too many characters.
+        if size > 4 * limits.max_chars:
+            raise ParseError(path, f"file of {size / 2**20:.0f} MB holds more than {limits.max_chars:,} characters, "
+                                   f"the limit (setting limits.max_chars)")
+        text = _read_text(path)
+        if kind == "md":
+            parsed = _parse_markdown(path, text)
+        elif kind == "html":
+            parsed = _parse_html(path, text)
+        else:
+            parsed = _parse_plain(path, text)
+        _check_chars(path, limits, len(parsed.pages[0].text))
+    _check_headings(parsed, limits)
+    return parsed
+
+
+def check_regular_file(path: Path) -> int:
+    """The size of ``path`` when it is a regular file (not followed if a link); else ``ParseError``. A FIFO or
+    a device would block or never end, and a link could reach any file outside the folder being ingested."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ParseError(path, f"cannot read the file: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ParseError(path, "a symbolic link: links are not followed, only regular files are ingested "
+                               "(copy the file into the folder instead)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else \
+            "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else \
+            "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file"
+        raise ParseError(path, f"{kind}: only regular files are ingested")
+    return info.st_size
+
+
+def _check_chars(path: Path, limits: LimitSettings, count: int, page: int | None = None) -> None:
+    if page is not None and count > limits.max_page_chars:
+        raise ParseError(path, f"page {page} holds {count:,} characters, over the limit of "
+                               f"{limits.max_page_chars:,} a page (setting limits.max_page_chars)")
+    if page is None and count > limits.max_chars:
+        raise ParseError(path, f"{count:,} characters of text, over the limit of {limits.max_chars:,} "
+                               f"(setting limits.max_chars)")
+
+
+def _check_headings(doc: ParsedDocument, limits: LimitSettings) -> None:
+    """A heading is repeated in every chunk below it, and each one is looked up in the text when splitting."""
+    if len(doc.headings) > limits.max_headings:
+        raise ParseError(doc.path, f"{len(doc.headings):,} headings, over the limit of {limits.max_headings:,} "
+                                   f"(setting limits.max_headings)")
+    for heading in doc.headings:
+        if len(heading.title) > limits.max_heading_chars:
+            raise ParseError(doc.path, f"a heading of {len(heading.title):,} characters on page {heading.page} "
+                                       f"({_preview(heading.title)}), over the limit of {limits.max_heading_chars} "
+                                       f"(setting limits.max_heading_chars)")
+    if len(doc.title) > limits.max_heading_chars:
+        raise ParseError(doc.path, f"a title of {len(doc.title):,} characters ({_preview(doc.title)}), over the "
+                                   f"limit of {limits.max_heading_chars} (setting limits.max_heading_chars)")
+
+
+def _preview(text: str) -> str:
+    return '"' + " ".join(text[:200].split())[:30] + '…"'
 
 
 # ---------------------------------------------------------------------------------------------- PDF
@@ -118,7 +182,7 @@ def _describe_bytes(head: bytes) -> str:
     return "not a PDF"
 
 
-def _parse_pdf(path: Path) -> ParsedDocument:
+def _parse_pdf(path: Path, limits: LimitSettings) -> ParsedDocument:
     import pymupdf
 
     if hasattr(pymupdf, "no_recommend_layout"):
@@ -139,23 +203,37 @@ def _parse_pdf(path: Path) -> ParsedDocument:
             raise ParseError(path, "encrypted PDF: it needs a password; save an unencrypted copy to ingest it")
         if pdf.page_count == 0:
             raise ParseError(path, "truncated or damaged PDF: no pages could be read")
+        if pdf.page_count > limits.max_pages:
+            raise ParseError(path, f"{pdf.page_count:,} pages, over the limit of {limits.max_pages:,} "
+                                   f"(setting limits.max_pages)")
         pages: list[Page] = []
-        tables = 0
+        tables = chars = 0
         for page in pdf:
             try:
                 text, found = _page_text(page)
             except Exception as exc:
                 raise ParseError(path, f"damaged PDF: page {page.number + 1} cannot be read ({exc})") from None
+            # Counted as pages come, so a file whose pages share one huge content stream stops early.
+            chars += len(text)
+            _check_chars(path, limits, len(text), page.number + 1)
+            _check_chars(path, limits, chars)
             tables += found
             pages.append(Page(page.number + 1, text))
-        if not any(p.text.strip() for p in pages):
-            has_images = any(page.get_images() for page in pdf)
-            raise ParseError(path, "no text layer: the pages are scanned images only; run OCR on it first"
-                             if has_images else "no text could be extracted from any page")
-        headings = [Heading(level, title.strip(), page) for level, title, page in pdf.get_toc(simple=True)
-                    if title.strip() and 1 <= page <= pdf.page_count]
-        meta_title = (pdf.metadata or {}).get("title") or ""
-    title = meta_title.strip() if not _USELESS_TITLE.match(meta_title) else ""
+        try:
+            if not any(p.text.strip() for p in pages):
+                has_images = any(page.get_images() for page in pdf)
+                raise ParseError(path, "no text layer: the pages are scanned images only; run OCR on it first"
+                                 if has_images else "no text could be extracted from any page")
+            headings = [Heading(level, title.strip(), page) for level, title, page in pdf.get_toc(simple=True)
+                        if title.strip() and 1 <= page <= pdf.page_count]
+            meta_title = (pdf.metadata or {}).get("title") or ""
+        except ParseError:
+            raise
+        except Exception as exc:  # a damaged outline or metadata object
+            raise ParseError(path, f"damaged PDF: its outline or metadata cannot be read ({exc})") from None
+    # Metadata is invisible to the reader: a long one is cut rather than refusing the file.
+    meta_title = meta_title.strip()[:limits.max_heading_chars]
+    title = meta_title if not _USELESS_TITLE.match(meta_title) else ""
     title = title or (headings[0].title if headings else "") or _first_line(pages) or path.stem
     return ParsedDocument(path, "pdf", title, pages, headings, tables)
 
@@ -268,8 +346,25 @@ def _parse_plain(path: Path, text: str) -> ParsedDocument:
     return ParsedDocument(path, "txt", _first_line(pages) or path.stem, pages)
 
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _MD_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def markdown_heading(line: str) -> tuple[int, str] | None:
+    """(level, title) of an ATX heading line (``## Title ##``), else None. Plain string steps, linear in the
+    line: the regular expression this replaces backtracked cubically on ``# a`` + spaces + ``b``.
+
+    >>> markdown_heading("## 细则 ##"), markdown_heading("# C#"), markdown_heading("#标签"), markdown_heading("####### x")
+    ((2, '细则'), (1, 'C#'), None, None)
+    """
+    level = len(line) - len(line.lstrip("#"))
+    rest = line[level:]
+    if not 1 <= level <= 6 or not rest[:1].isspace():
+        return None
+    title = rest.strip()
+    closed = title.rstrip("#")
+    if closed != title and (not closed or closed[-1].isspace()):  # a closing run of # after a space
+        title = closed.rstrip() or title
+    return (level, title) if title else None
 
 
 def _parse_markdown(path: Path, text: str) -> ParsedDocument:
@@ -278,11 +373,10 @@ def _parse_markdown(path: Path, text: str) -> ParsedDocument:
     for line in text.split("\n"):
         if _MD_FENCE.match(line):
             in_fence = not in_fence
-        match = None if in_fence else _MD_HEADING.match(line)
-        if match:
-            title = match.group(2).strip()
-            headings.append(Heading(len(match.group(1)), title, 1))
-            lines.append(title)
+        heading = None if in_fence else markdown_heading(line)
+        if heading:
+            headings.append(Heading(heading[0], heading[1], 1))
+            lines.append(heading[1])
         else:
             lines.append(line)
     pages = [Page(1, "\n".join(lines))]
@@ -290,7 +384,56 @@ def _parse_markdown(path: Path, text: str) -> ParsedDocument:
     return ParsedDocument(path, "md", title, pages, headings)
 
 
-class _HTMLText(html.parser.HTMLParser):
+# What the HTML tokenizer looks for at a "<". Each search starts where the last one ended and a construct left
+# open (a comment, a tag, a script) runs to the end of the file, as in browsers, so the whole file is read once:
+# html.parser took 12 s on 200 KB of unclosed comments and raised AssertionError on "<![" repeated.
+_TAG = re.compile(r"<(/?)([A-Za-z][^\t\n\r\f />\x00]*)")
+_TAG_END = re.compile(r"""(?:[^>"']++|"[^"]*+"|'[^']*+')*+>""")  # attributes, quoted ">" included
+_RAW_TEXT_END = {name: re.compile(rf"</{name}\b", re.IGNORECASE) for name in ("script", "style", "noscript",
+                                                                              "template", "textarea", "title")}
+
+
+def _html_events(text: str):
+    """("start" | "end", tag name) and ("data", text with character references decoded), in document order."""
+    i, n = 0, len(text)
+    while i < n:
+        lt = text.find("<", i)
+        if lt < 0:
+            lt = n
+        if lt > i:
+            yield "data", html.unescape(text[i:lt])
+        if lt >= n:
+            return
+        if text.startswith("<!--", lt):
+            end = text.find("-->", lt + 4)
+            i = n if end < 0 else end + 3
+            continue
+        tag = _TAG.match(text, lt)
+        if tag is None:
+            if text.startswith(("<!", "<?"), lt):  # doctype, CDATA, processing instruction: skipped
+                end = text.find(">", lt + 2)
+                i = n if end < 0 else end + 1
+            else:  # a "<" that opens nothing is text
+                yield "data", "<"
+                i = lt + 1
+            continue
+        close = _TAG_END.match(text, tag.end())
+        if close is None:
+            return  # a tag never closed: the rest of the file is inside it
+        i = close.end()
+        name = tag.group(2).lower()
+        if tag.group(1):
+            yield "end", name
+            continue
+        yield "start", name
+        if name in _RAW_TEXT_END and not text[i - 2:i] == "/>":  # their content is not markup
+            end = _RAW_TEXT_END[name].search(text, i)
+            stop = n if end is None else end.start()
+            yield "data", text[i:stop] if name != "title" else html.unescape(text[i:stop])
+            i = stop
+
+
+class _HTMLText:
     """Collects visible text, one block element per line, and h1-h6 headings."""
 
     _BLOCKS = {"p", "div", "br", "li", "tr", "table", "section", "article", "h1", "h2", "h3", "h4", "h5", "h6",
@@ -298,7 +441,6 @@ class _HTMLText(html.parser.HTMLParser):
     _SKIP = {"script", "style", "noscript", "template"}
 
     def __init__(self):
-        super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.headings: list[Heading] = []
         self.title = ""
@@ -307,7 +449,16 @@ class _HTMLText(html.parser.HTMLParser):
         self._in_title = False
         self._cells = 0
 
-    def handle_starttag(self, tag, attrs):
+    def feed(self, text: str) -> None:
+        for kind, value in _html_events(text):
+            if kind == "data":
+                self.handle_data(value)
+            elif kind == "start":
+                self.handle_starttag(value)
+            else:
+                self.handle_endtag(value)
+
+    def handle_starttag(self, tag):
         if tag in self._SKIP:
             self._skip += 1
         elif tag == "title":
@@ -352,7 +503,6 @@ class _HTMLText(html.parser.HTMLParser):
 def _parse_html(path: Path, text: str) -> ParsedDocument:
     parser = _HTMLText()
     parser.feed(text)
-    parser.close()
     raw = "".join(parser.parts)
     # Collapse the whitespace HTML does not show, keep one line per block.
     lines = [" ".join(line.split()) for line in raw.split("\n")]

@@ -43,7 +43,9 @@ _STRUCTURAL_LEVEL = {"编": 1, "章": 2, "节": 3}
 # A bare section number or "Chapter N" line printed just above its heading title (as in DocBook PDFs).
 _NUMBER_LINE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[A-Z](?:\.\d+)*|chapter\s+\d+|第\s*\d+\s*章|附录\s*[A-Z])$",
                           re.IGNORECASE)
-_SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|\.+[”’」』）)\]】]*(?=\s)|…{1,2}[”’」』）)】]*")
+# Runs of dots match from their first dot only (and possessively): started at every dot of a long run, the
+# search was quadratic in the run's length.
+_SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|(?<!\.)\.++[”’」』）)\]】]*+(?=\s)|…{1,2}[”’」』）)】]*")
 _SOFT_BREAK = re.compile(r"[，、：,:]")
 
 
@@ -101,8 +103,8 @@ def locate_headings(doc: CleanDocument) -> list[tuple[int, int, int, str]]:
         if not target:
             continue
         page_start = page_bounds.get(heading.page, 0)
-        next_pages = [s for n, s in zip(doc.page_numbers, doc.page_starts) if n > heading.page + 1]
-        page_end = next_pages[0] if next_pages else len(text)
+        after = bisect.bisect_right(doc.page_numbers, heading.page + 1)  # page numbers ascend
+        page_end = doc.page_starts[after] if after < len(doc.page_starts) else len(text)
         lo = bisect.bisect_left(origin, max(cursor, page_start))
         hi = bisect.bisect_left(origin, page_end)
         k = squeezed.find(target, lo, hi + len(target))

@@ -64,6 +64,37 @@ class ChunkSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """What one file may hold before ingest refuses it (``FileResult`` "failed", naming the limit): a small
+    hostile file must not cost hours of embedding or GBs of memory, nor hold the write lock for long."""
+
+    # Checked before a file is read: the app's upload limit is 50 MB; scanned books run to a few hundred MB.
+    max_file_mb: int = 512
+    # Longer than any book or statute a person would ask about; a PDF's page count is read before any text.
+    max_pages: int = 5000
+    # Characters of extracted text: a 2,000-page Chinese book holds about 2 M; counted page by page.
+    max_chars: int = 5_000_000
+    # A dense page of small print holds about 5,000 characters; far more is a stream shared by many pages.
+    max_page_chars: int = 100_000
+    # Chunks after splitting (about max_chars / chunk_size): each one is embedded, at 10-20 a second on a CPU.
+    max_chunks: int = 20_000
+    # A heading (or HTML title) is repeated in every chunk below it; real ones are a line long.
+    max_heading_chars: int = 500
+    # Outline entries and heading lines per file: each is looked up in the text, so they cost time too.
+    max_headings: int = 20_000
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    # Folders on the server that the app's "ingest from path" may read (with everything below them). Empty:
+    # the app reads only what is uploaded through the browser, so no one can ingest (and then quote back)
+    # another file the server can read. A TOML list, or one string with os.pathsep between folders.
+    allowed_folders: tuple[Path, ...] = ()
+    # Per file, uploads and folder files alike; keep .streamlit/config.toml's server.maxUploadSize in step.
+    max_upload_mb: int = 50
+
+
+@dataclass(frozen=True)
 class RetrievalSettings:
     top_k: int = 5
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
@@ -166,6 +197,8 @@ class Settings:
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     llm: LLMSettings = field(default_factory=LLMSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    app: AppSettings = field(default_factory=AppSettings)
 
     @property
     def kb_path(self) -> Path:
@@ -197,6 +230,9 @@ def _coerce(value: Any, annotation: Any) -> Any:
         return annotation(value)
     if annotation is Path:
         return Path(value).expanduser()
+    if origin is tuple:  # tuple[X, ...]: a TOML list, or one environment string split at os.pathsep
+        items = value.split(os.pathsep) if isinstance(value, str) else list(value)
+        return tuple(_coerce(item, typing.get_args(annotation)[0]) for item in items if str(item).strip())
     return value
 
 
