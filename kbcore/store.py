@@ -2,9 +2,12 @@
 
 SQLite is the single source of truth and every write is one transaction, so a killed ingest leaves the
 previous state readable. ``vectors.faiss`` is a derived search index, written to a temp file and renamed into
-place. Chunk ids come from ``AUTOINCREMENT`` and are never reused, so an index whose id set equals the
-database's holds exactly the right vectors; any other index is stale and is rebuilt from the stored vectors
-(a flat index over 100k vectors builds in well under a second). No pickle anywhere.
+place. Chunk ids come from ``AUTOINCREMENT`` and are never reused, and re-embedding (which keeps the ids)
+bumps the ``vectors_epoch`` setting in its own transaction; the index file records the epoch it was built
+at. So an index of the expected type whose id set and epoch equal the database's holds exactly the right
+vectors; any other index (stale, cut short, of another type, built by a reader that raced a re-embedding) is
+rebuilt from the stored vectors (a flat index over 100k vectors builds in well under a second). No pickle
+anywhere.
 
 >>> import tempfile, numpy as np
 >>> kb = KnowledgeBase.create(tempfile.mkdtemp(), embedding_model="demo", dimension=2)
@@ -25,6 +28,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +43,8 @@ DB_FILE = "kb.sqlite"
 INDEX_FILE = "vectors.faiss"
 LOCK_FILE = "lock"
 SCHEMA_VERSION = "1"
+# First line of vectors.faiss; the second is "epoch N", then FAISS's own serialisation.
+_INDEX_MAGIC = b"kbchat faiss index 1\n"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -268,17 +274,10 @@ class KnowledgeBase:
             generation = self.generation
             if self._index is not None and self._index_generation == generation:
                 return self._index
+            # Read before the vectors: an index built over newer vectors than its epoch says is only rebuilt again.
+            epoch = self._vectors_epoch()
             ids = np.array([r[0] for r in self._db.execute("SELECT id FROM chunks ORDER BY id")], dtype=np.int64)
-            index = None
-            index_file = self.path / INDEX_FILE
-            if index_file.is_file():
-                try:
-                    loaded = faiss.read_index(str(index_file))
-                    stored_ids = np.sort(faiss.vector_to_array(loaded.id_map))
-                    if loaded.d == self.dimension and np.array_equal(stored_ids, ids):
-                        index = loaded
-                except RuntimeError:
-                    index = None  # unreadable (e.g. cut short): rebuilt below
+            index = self._read_index(ids, epoch)
             if index is None:
                 # Only a stale or missing index pays for reading every stored vector.
                 ids, vecs = self.vectors()
@@ -286,15 +285,50 @@ class KnowledgeBase:
                 if len(ids):
                     index.add_with_ids(np.ascontiguousarray(vecs), ids)
                 if not self.readonly:
-                    self._write_index(index)
+                    self._write_index(index, epoch)
             self._index, self._index_generation = index, generation
             return index
 
-    def _write_index(self, index) -> None:
+    def _vectors_epoch(self) -> str:
+        row = self._db.execute("SELECT value FROM settings WHERE key='vectors_epoch'").fetchone()
+        return row[0] if row else "0"
+
+    def _read_index(self, ids: np.ndarray, epoch: str):
+        """``vectors.faiss`` when it is a regular file in our format, built at ``epoch``, holding a flat
+        inner-product index over exactly ``ids``; else None (it is rebuilt)."""
+        import faiss
+
+        try:
+            fd = os.open(self.path / INDEX_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None  # missing, or a link
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None  # a FIFO or device would block or never end
+            if fh.readline() != _INDEX_MAGIC or fh.readline().decode("ascii", "replace").strip() != f"epoch {epoch}":
+                return None
+            data = fh.read()
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError:
+            return None  # cut short or not an index
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != self.dimension:
+            return None
+        inner = faiss.downcast_index(index.index)
+        if not isinstance(inner, faiss.IndexFlatIP) or index.metric_type != faiss.METRIC_INNER_PRODUCT \
+                or index.ntotal != len(ids) or inner.ntotal != len(ids):
+            return None
+        if not np.array_equal(np.sort(faiss.vector_to_array(index.id_map)), ids):
+            return None
+        return index
+
+    def _write_index(self, index, epoch: str) -> None:
         import faiss
 
         tmp = self.path / f".{INDEX_FILE}.{os.getpid()}.tmp"
-        faiss.write_index(index, str(tmp))
+        with open(tmp, "wb") as fh:
+            fh.write(_INDEX_MAGIC + f"epoch {epoch}\n".encode("ascii"))
+            fh.write(faiss.serialize_index(index).tobytes())
         os.replace(tmp, self.path / INDEX_FILE)
 
     def dense_search(self, query: np.ndarray, k: int, document_ids: Sequence[int] | None = None
@@ -423,11 +457,12 @@ class KnowledgeBaseWriter:
 
     def replace_vectors(self, model_id: str, dimension: int, vectors_by_id: dict[int, np.ndarray]) -> None:
         """Swap every chunk's vector and the recorded embedding model in one transaction (re-embedding)."""
-        # Ids stay the same, so the id-set check could not tell old vectors from new: drop the index first.
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.kb.path / INDEX_FILE)
+        # Ids stay the same, so the id-set check cannot tell old vectors from new: a new epoch in the same
+        # transaction does. An index a reader builds from the old vectors meanwhile carries the old epoch.
         with self._transaction() as db:
             db.executemany("UPDATE chunks SET vector = ? WHERE id = ?",
                            [(np.asarray(v, dtype=np.float32).tobytes(), int(i)) for i, v in vectors_by_id.items()])
+            epoch = int(self.kb._vectors_epoch()) + 1
             db.executemany("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
-                           [("embedding_model", model_id), ("embedding_dimension", str(dimension))])
+                           [("embedding_model", model_id), ("embedding_dimension", str(dimension)),
+                            ("vectors_epoch", str(epoch))])

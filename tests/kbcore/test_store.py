@@ -138,3 +138,59 @@ def test_recorded_settings_change_in_one_transaction(kb):
         w.set_settings({"chunk_size": 200, "tokenizer_version": "v2"})
     assert kb.settings()["chunk_size"] == "200" and kb.settings()["tokenizer_version"] == "v2"
     assert kb.embedding_model == "test-model"
+
+
+def _index_of_another_kind(kb, kind, vecs, ids):
+    """What a hostile or careless hand could leave as vectors.faiss."""
+    import faiss
+
+    path = kb.path / INDEX_FILE
+    path.unlink(missing_ok=True)
+    if kind == "plain faiss file, HNSW":  # the format before, of another index type: AttributeError on search
+        index = faiss.IndexHNSWFlat(8, 16)
+        index.add(vecs)
+        faiss.write_index(index, str(path))
+    elif kind == "our format, L2 metric":
+        index = faiss.IndexIDMap2(faiss.IndexFlatL2(8))
+        index.add_with_ids(-vecs, ids)  # the nearest in L2 would be the farthest by inner product
+        kb._write_index(index, "0")
+    elif kind == "our format, wrong epoch":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+        index.add_with_ids(-vecs, ids)
+        kb._write_index(index, "7")
+    elif kind == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "FIFO":
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind", ["plain faiss file, HNSW", "our format, L2 metric", "our format, wrong epoch",
+                                  "link to /dev/zero", "FIFO"])
+def test_an_index_file_of_the_wrong_type_is_rebuilt_not_trusted(kb, kind):
+    rng = np.random.default_rng(6)
+    vecs = unit(rng, 4)
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="1", title="A", pages=4, chunks=chunks(4, "a"), vectors=vecs)
+    ids = np.array([c.id for c in kb.chunks()], dtype=np.int64)
+    expected = kb.dense_search(vecs[2], k=4)
+    _index_of_another_kind(kb, kind, vecs, ids)
+    for readonly in (True, False):  # a reader never blocks on a FIFO or trusts the file; a writer replaces it
+        assert KnowledgeBase(kb.path, readonly=readonly).dense_search(vecs[2], k=4) == expected
+    assert (kb.path / INDEX_FILE).is_file() and not (kb.path / INDEX_FILE).is_symlink()
+
+
+def test_an_index_built_from_the_old_vectors_during_re_embedding_is_not_trusted_after(kb):
+    rng = np.random.default_rng(7)
+    old = unit(rng, 3)
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="1", title="A", pages=3, chunks=chunks(3, "a"), vectors=old)
+    ids = [c.id for c in kb.chunks()]
+    # A reader opened while --rebuild runs builds its index from the old vectors and writes it after the commit.
+    late_write = (kb.path / INDEX_FILE).read_bytes()
+    new = unit(rng, 3)
+    with kb.writer() as w:
+        w.replace_vectors("model-2", 8, dict(zip(ids, new)))
+    (kb.path / INDEX_FILE).write_bytes(late_write)
+    reader = KnowledgeBase(kb.path, readonly=True)
+    assert [i for i, _ in reader.dense_search(new[1], k=1)] == [ids[1]]
+    assert np.allclose(reader.dense_scores(new[1], ids), new @ new[1], atol=1e-6)
