@@ -196,18 +196,26 @@ def peak_rss_mib() -> float:
 # ---------------------------------------------------------------- checkpoints
 
 def _rng_state() -> dict:
+    """The generators' states as tensors, lists and numbers only, so ``torch.load(weights_only=True)`` reads
+    them back without unpickling arbitrary objects (numpy's state holds an array, Python's a tuple)."""
     import numpy as np
     import torch
 
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state()}
 
 
 def _set_rng_state(state: dict) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
 
 
@@ -239,7 +247,9 @@ def load_checkpoint(out_dir: Path, model, optimizer, scheduler) -> tuple[int, li
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"{folder}: checkpoint does not fit this model ({result.unexpected_keys[:3]}...)")
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)  # our own file, written above
+    # weights_only: tensors and plain containers only. A checkpoint folder is a file like any other, and a
+    # pickle in it would run code on resume.
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])

@@ -201,3 +201,28 @@ def test_merged_model_matches_the_adapter_on_the_dequantised_base(tiny, tiny_mod
         # Against the 4-bit model it was trained on: equal up to float rounding of the 4-bit kernels.
         torch.testing.assert_close(merged(input_ids=ids).logits, trained.model(input_ids=ids).logits,
                                    rtol=1e-3, atol=1e-3)
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_resume_reads_trainer_state_without_unpickling_code(tiny, examples, tmp_path):
+    import pickle
+
+    config = TrainConfig(max_steps=3, learning_rate=5e-3, checkpoint_every=100, warmup_steps=1)
+    train_adapter(tiny(), examples[:3], tmp_path / "run", config, progress=False, stop_after=1)
+    state_file = tmp_path / "run" / "checkpoint" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)  # what we write is plain tensors, lists and numbers
+    assert set(state) == {"optimizer", "scheduler", "rng"}
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "optimizer": _RunsCodeWhenUnpickled(str(marker))}, state_file)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train_adapter(tiny(), examples[:3], tmp_path / "run", config, progress=False, resume=True)
+    assert not marker.exists()
