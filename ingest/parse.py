@@ -208,17 +208,17 @@ def _parse_pdf(path: Path, limits: LimitSettings) -> ParsedDocument:
                                    f"(setting limits.max_pages)")
         pages: list[Page] = []
         tables = chars = 0
-        for page in pdf:
-            try:
-                text, found = _page_text(page)
+        for number in range(1, pdf.page_count + 1):
+            try:  # loading a page can fail too (a cycle in the page tree)
+                text, found = _page_text(pdf.load_page(number - 1))
             except Exception as exc:
-                raise ParseError(path, f"damaged PDF: page {page.number + 1} cannot be read ({exc})") from None
+                raise ParseError(path, f"damaged PDF: page {number} cannot be read ({exc})") from None
             # Counted as pages come, so a file whose pages share one huge content stream stops early.
             chars += len(text)
-            _check_chars(path, limits, len(text), page.number + 1)
+            _check_chars(path, limits, len(text), number)
             _check_chars(path, limits, chars)
             tables += found
-            pages.append(Page(page.number + 1, text))
+            pages.append(Page(number, text))
         try:
             if not any(p.text.strip() for p in pages):
                 has_images = any(page.get_images() for page in pdf)
