@@ -6,7 +6,10 @@ bytes) decides the work:
 - unchanged: skipped, with no parsing and no embedding;
 - new or changed: parsed and stored in one transaction that replaces all its old chunks; chunks whose text
   and heading did not change keep their stored vectors instead of being embedded again;
-- failed (bad file): reported with the reason, and the previously stored version, if any, is kept;
+- failed (bad file): reported with the reason, and the previously stored version, if any, is kept; this
+  includes a file over one of ``settings.limits`` (pages, characters, chunks, headings), and anything in the
+  folder that is not a regular file: links (to files or folders) are not followed, FIFOs and devices are not
+  opened, so a folder cannot pull in a file from elsewhere or hang the run;
 - with ``prune=True``, documents whose file is gone from the folder are deleted.
 
 The whole run holds the knowledge base's write lock, so a second ingest at the same time is refused
@@ -22,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +36,7 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 
 from ingest.clean import clean_document
-from ingest.parse import ParseError, is_supported, parse_file
+from ingest.parse import ParseError, check_regular_file, is_supported, parse_file
 from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
 from kbcore.store import KnowledgeBase, NewChunk, text_hash
@@ -112,8 +116,13 @@ class IngestReport:
 
 
 def content_hash(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    """sha256 of a regular file's bytes. Opened without following a link and without blocking, then checked
+    again, so a file swapped for a link or a FIFO after it was looked at is refused rather than read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ParseError(path, "not a regular file: only regular files are ingested")
+        digest = hashlib.sha256()
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -169,15 +178,19 @@ IGNORE_FILE = ".ingestignore"
 def _walk(folder: Path) -> list[Path]:
     """Files under ``folder`` in a stable order. Hidden files and folders are left out, and so are files
     matching a pattern in ``folder/.ingestignore`` (one fnmatch pattern a line, against the relative path or
-    the file name; ``#`` starts a comment), e.g. a README that describes the documents."""
+    the file name; ``#`` starts a comment), e.g. a README that describes the documents.
+
+    Links are not followed: a link to a folder is not entered, and a link to a file is listed so that it
+    fails with its reason (``parse.check_regular_file``), like FIFOs and devices."""
     ignore_file = folder / IGNORE_FILE
     patterns = []
-    if ignore_file.is_file():
-        lines = ignore_file.read_text(encoding="utf-8").splitlines()
+    if ignore_file.is_file() and not ignore_file.is_symlink() and ignore_file.stat().st_size < 1 << 20:
+        lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
         patterns = [p.strip() for p in lines if p.strip() and not p.strip().startswith("#")]
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files = files + [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d)))
         for name in sorted(files):
             path = Path(root) / name
             relative = path.relative_to(folder).as_posix()
@@ -275,34 +288,47 @@ class _Ingester:
     def _prepare(self, source: str, path: Path) -> "_Prepared | FileResult":
         """Everything before embedding; a FileResult when the file is done here (skipped or failed)."""
         t0 = time.perf_counter()
-        if not is_supported(path):
+        if not is_supported(path) and not path.is_dir():  # a link to a folder fails below, with its reason
             return FileResult(source, "skipped", f"unsupported file type {path.suffix or '(no extension)'!r}",
                               seconds=time.perf_counter() - t0)
+        previous = self.stored.get(source)
+
+        def failed(reason: str, pages: int = 0) -> FileResult:
+            kept = " (the previously ingested version is kept)" if previous is not None else ""
+            return FileResult(source, "failed", reason + kept, pages, seconds=time.perf_counter() - t0)
+
         try:
+            check_regular_file(path)
             digest = content_hash(path)
+        except ParseError as exc:
+            self._timed("scan", t0)
+            return failed(exc.reason)
         except OSError as exc:
             self._timed("scan", t0)
-            return FileResult(source, "failed", f"cannot read the file: {exc.strerror or exc}",
-                              seconds=time.perf_counter() - t0)
-        previous = self.stored.get(source)
+            return failed(f"cannot read the file: {exc.strerror or exc}")
         t = self._timed("scan", t0)
         if previous is not None and previous.content_hash == digest and not self.changed_settings:
             return FileResult(source, "skipped", "unchanged", previous.pages, previous.chunks,
                               seconds=time.perf_counter() - t0)
+        limits = self.settings.limits
         try:
-            parsed = parse_file(path)
+            parsed = parse_file(path, limits)
+            t = self._timed("parse", t)
+            cleaned = clean_document(parsed)
+            t = self._timed("clean", t)
+            chunks = self.splitter.split(cleaned)
+            t = self._timed("split", t)
         except ParseError as exc:
             self._timed("parse", t)
-            kept = " (the previously ingested version is kept)" if previous is not None else ""
-            return FileResult(source, "failed", exc.reason + kept, seconds=time.perf_counter() - t0)
-        t = self._timed("parse", t)
-        cleaned = clean_document(parsed)
-        t = self._timed("clean", t)
-        chunks = self.splitter.split(cleaned)
-        t = self._timed("split", t)
+            return failed(exc.reason)
+        except Exception as exc:  # a parser bug must cost one file, not the run (and the lock held meanwhile)
+            self._timed("parse", t)
+            return failed(f"cannot be read: {type(exc).__name__}: {exc}")
         if not chunks:
-            return FileResult(source, "failed", "no text left after cleaning", parsed.page_count,
-                              seconds=time.perf_counter() - t0)
+            return failed("no text left after cleaning", parsed.page_count)
+        if len(chunks) > limits.max_chunks:
+            return failed(f"{len(chunks):,} chunks, over the limit of {limits.max_chunks:,} "
+                          f"(setting limits.max_chunks)", parsed.page_count)
         # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
         chunk_openings = openings(chunks, self.opening_chars)
         tokens = [chunk_tokens(c.heading, c.text, o) for c, o in zip(chunks, chunk_openings)]
