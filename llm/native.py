@@ -4,9 +4,10 @@
 - ``decode_ops.c``: a Llama-family layer's steps around its products: the small ones of decoding one token,
   and a prompt's causal attention (``llm.forward``).
 
-They are built into one shared library in ``<cache>/kernels``, named by a hash of the sources and the compiler,
-and loaded with ctypes. Where the CPU lacks AVX2/FMA or no compiler works, ``load_native`` returns None, says why
-in the log, and callers keep their torch or bitsandbytes path.
+They are built into one shared library in ``<cache>/kernels``, named by a hash of the sources, the compiler's
+path and version and the build flags, and loaded with ctypes. Where the CPU lacks AVX2/FMA, no compiler works, or
+the library cannot be loaded (cut short, missing a symbol, on a noexec mount) even after one fresh build,
+``load_native`` returns None, says why in the log, and callers keep their torch or bitsandbytes path.
 """
 
 from __future__ import annotations
@@ -74,24 +75,75 @@ def load_native(cache_dir: Path) -> ctypes.CDLL | None:
         if compiler is None:
             log.warning("C kernels: no C compiler found; torch's and bitsandbytes' own (slower) paths are used")
             return None
-        digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS) + compiler.encode()).hexdigest()[:16]
-        target = Path(cache_dir) / "kernels" / f"kbchat-{digest}.so"
-        if not target.is_file() and not _compile(compiler, target):
+        try:
+            target = Path(cache_dir) / "kernels" / f"kbchat-{_build_key(compiler)}.so"
+            if not target.is_file() and not _compile(compiler, target):
+                return None
+            library = _load(target)
+            if library is None:  # a cached library that does not load: build it afresh once
+                target.unlink(missing_ok=True)
+                library = _load(target, fresh=True) if _compile(compiler, target) else None
+        except OSError as error:  # e.g. an unwritable cache folder
+            log.warning("C kernels: %s; torch's and bitsandbytes' own (slower) paths are used", error)
             return None
-        library = ctypes.CDLL(str(target))
+        if library is None:
+            log.warning("C kernels: %s cannot be loaded; torch's and bitsandbytes' own (slower) paths are used", target)
+            return None
+        _library = library
+        return library
+
+
+def _flags() -> list[str]:
+    return ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+
+
+def _build_key(compiler: str) -> str:
+    """Sources, headers, the compiler's path and version, and the flags: a change in any of them is a new library."""
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    parts = [s.read_bytes() for s in SOURCES + HEADERS] + [compiler.encode(), version.encode(), " ".join(_flags()).encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def _digest_file(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _load(target: Path, *, fresh: bool = False) -> ctypes.CDLL | None:
+    """The library with every function's signature set, or None (logged) if it is not the file we built,
+    cannot be loaded or lacks a function. The digest is checked first: loading a library cut short can kill
+    the process with SIGBUS, which no exception handler sees. ``fresh``: load it under a new name, because
+    the dynamic loader hands back a library it already opened from the same path (the broken one)."""
+    try:
+        expected = _digest_file(target).read_text(encoding="ascii").strip()
+        if hashlib.sha256(target.read_bytes()).hexdigest() != expected:
+            log.warning("C kernels: %s is not the library that was built (changed or cut short)", target)
+            return None
+        if fresh:
+            alias = target.with_name(f".{target.stem}-{os.getpid()}-{threading.get_ident()}.so")
+            os.link(target, alias)
+            try:
+                library = ctypes.CDLL(str(alias))
+            finally:
+                alias.unlink()
+        else:
+            library = ctypes.CDLL(str(target))
         for name, arguments in SIGNATURES.items():
             function = getattr(library, name)
             function.argtypes, function.restype = arguments, RETURNS.get(name)
-        _library = library
-        return library
+    except (OSError, AttributeError) as error:
+        log.warning("C kernels: loading %s failed: %s", target, error)
+        return None
+    return library
 
 
 def _compile(compiler: str, target: Path) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    command = [compiler, "-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", *map(str, SOURCES), "-o",
-               partial, "-lm"]
+    command = [compiler, *_flags(), *map(str, SOURCES), "-o", partial, "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
         failure = result.stderr[-2000:] if result.returncode else None
@@ -102,5 +154,15 @@ def _compile(compiler: str, target: Path) -> bool:
         log.warning("C kernels: compiling with %s failed, torch's and bitsandbytes' own (slower) paths are "
                     "used:\n%s", compiler, failure)
         return False
-    os.replace(partial, target)  # another process building the same library at once is harmless
+    _install(Path(partial), target)
     return True
+
+
+def _install(built: Path, target: Path) -> None:
+    """Move a fresh build into place, its digest beside it. Another process building the same library at once
+    is harmless: at worst the digest and the library disagree and the next load builds again."""
+    digest = hashlib.sha256(built.read_bytes()).hexdigest()
+    partial = _digest_file(built)
+    partial.write_text(digest + "\n", encoding="ascii")
+    os.replace(partial, _digest_file(target))
+    os.replace(built, target)
