@@ -148,18 +148,21 @@ def show_last_ingest():
 def documents_view(settings):
     kb_path = settings.kb_path
     st.header(f"Documents in '{settings.kb_name}' / 文档")
-    uploaded = st.file_uploader("Upload PDF, .txt, .md or .html (max 50 MB each)",
+    max_bytes = settings.app.max_upload_mb * 2**20
+    uploaded = st.file_uploader(f"Upload PDF, .txt, .md or .html (max {settings.app.max_upload_mb} MB each)",
                                 type=[s.lstrip(".") for s in state.SUPPORTED_SUFFIXES], accept_multiple_files=True,
                                 key=f"uploader-{st.session_state.get('uploader_round', 0)}")
     if st.button("Ingest uploaded files / 导入", disabled=not uploaded, key="ingest_uploads"):
-        run_ingest(settings, [(f.name, f.getvalue()) for f in uploaded])
+        run_ingest(settings, [(f.name, f.getvalue() if f.size <= max_bytes else
+                               state.AppInputError(f"file is {f.size / 2**20:.1f} MB, over the "
+                                                   f"{settings.app.max_upload_mb} MB limit")) for f in uploaded])
         # A fresh uploader so the same files are not offered again.
         st.session_state["uploader_round"] = st.session_state.get("uploader_round", 0) + 1
     with st.expander("…or ingest a file or folder on this machine / 从本机路径导入"):
         path = st.text_input("Path", key="ingest_path", placeholder="/path/to/docs or /path/to/file.pdf")
         if st.button("Ingest from path", key="ingest_path_button", disabled=not path):
             try:
-                uploads = state.files_on_disk(path)
+                uploads = state.files_on_disk(path, settings.app.allowed_folders, max_bytes=max_bytes)
             except (state.AppInputError, OSError) as exc:
                 st.session_state["last_ingest"] = {"error": str(exc), "rows": []}
             else:
@@ -196,8 +199,8 @@ def show_citations(message):
     if message.get("citations"):
         st.caption("Sources / 来源 (open one to read the quoted passage)")
     for c in message.get("citations", []):
-        with st.expander(c["label"]):
-            st.markdown("> " + c["snippet"].replace("\n", "\n> "))
+        with st.expander(c["label"]):  # document text is shown as text, never rendered as Markdown
+            st.markdown("> " + state.markdown_escape(c["snippet"]).replace("\n", "\n> "))
 
 
 def chat_view(settings, kb_path):
@@ -205,7 +208,7 @@ def chat_view(settings, kb_path):
     messages = st.session_state.setdefault("messages", {}).setdefault(settings.kb_name, [])
     for m in messages:
         with st.chat_message(m["role"]):
-            st.markdown(m["content"])
+            st.markdown(state.markdown_escape(m["content"]))
             if m["role"] == "assistant":
                 show_citations(m)
     if messages and st.button("Clear conversation / 清空对话", key="clear_chat"):
@@ -218,7 +221,7 @@ def chat_view(settings, kb_path):
     from kbcore.store import KnowledgeBase
 
     with st.chat_message("user"):
-        st.markdown(question)
+        st.markdown(state.markdown_escape(question))
     with st.chat_message("assistant"):
         if not KnowledgeBase.exists(kb_path):
             st.warning("This knowledge base has no documents yet: add some under Documents. / 请先导入文档。")
@@ -245,11 +248,12 @@ def chat_view(settings, kb_path):
                 stream = answerer.stream(question, state.chat_history(messages), k=settings.retrieval.top_k)
             shown = st.empty()
             with shown.container():
-                st.write_stream(iter(stream))
+                # An answer can quote a document's links and images: they stay text.
+                st.write_stream(state.markdown_escape(piece) for piece in stream)
             answer = stream.answer
             # The final text can differ from the raw stream (citation markers resolved, an empty or refusing
             # generation turned into the "not in the documents" answer): show what the history will keep.
-            shown.markdown(answer.text)
+            shown.markdown(state.markdown_escape(answer.text))
         except Exception as exc:  # keep the app usable: show what went wrong with this question
             st.error(f"Could not answer: {exc}")
             return

@@ -4,13 +4,21 @@ Everything here is plain Python so it can be tested (and doctested) without a br
 draws widgets and calls these functions and the packages.
 
 Uploads are stored under ``<kb_root>/<kb name>/files/`` with sanitised names, so nothing a user types or
-uploads can write outside the knowledge-base folder.
+uploads can write outside the knowledge-base folder. A stored copy is named by its document's source key and is
+written only once the knowledge base has taken that version in: an upload that fails (or meets a busy
+knowledge base) leaves the previous copy as it was.
+
+The app reads files on the server only inside the folders an operator lists in ``[app] allowed_folders``
+(none by default), only regular files there, and checks sizes before reading anything.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import stat
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,56 +144,122 @@ def save_upload(files_dir: Path, name: str, data: bytes, *, max_bytes: int = MAX
     return target
 
 
-def files_on_disk(path: str) -> list[tuple[str, bytes]]:
-    """(name, bytes) for a file path, or for the files directly inside a folder path, on this machine.
-    This is the "ingest from a folder" route; it goes through the same ``save_upload`` as browser uploads."""
-    p = Path(path.strip()).expanduser()
+def files_on_disk(path: str, allowed_folders: Sequence[Path] = (), *, max_bytes: int = MAX_UPLOAD_BYTES
+                  ) -> list[tuple[str, bytes | AppInputError]]:
+    """(name, bytes) for a file path, or for the regular files directly inside a folder path, on this machine.
+    This is the "ingest from a folder" route; it goes through the same ``ingest_uploads`` as browser uploads.
+
+    Only paths inside ``allowed_folders`` (after resolving links) are read; with none, nothing is. A link, FIFO
+    or device inside is left out, and a file over ``max_bytes`` is not read: its entry holds the
+    ``AppInputError`` that ``ingest_uploads`` reports as a failed row."""
+    if not allowed_folders:
+        raise AppInputError("ingesting from a path on the server is off; an operator can allow folders with "
+                            "[app] allowed_folders in kbchat.toml (or KBCHAT_APP__ALLOWED_FOLDERS)")
+    try:
+        p = Path(path.strip()).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise AppInputError(f"{path!r} is neither a file nor a folder on this machine") from None
+    roots = [Path(folder).expanduser().resolve() for folder in allowed_folders]
+    if not any(p == root or p.is_relative_to(root) for root in roots):
+        raise AppInputError(f"{path!r} is outside the folders this app may read "
+                            f"({', '.join(map(str, roots))}; setting app.allowed_folders)")
     if p.is_file():
         paths = [p]
     elif p.is_dir():
-        paths = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+        paths = sorted(q for q in p.iterdir() if not q.name.startswith("."))
     else:
-        raise AppInputError(f"{path!r} is neither a file nor a folder on this machine")
-    out = []
+        raise AppInputError(f"{path!r} is neither a regular file nor a folder")
+    out: list[tuple[str, bytes | AppInputError]] = []
     for q in paths:
         if q.suffix.lower() in SUPPORTED_SUFFIXES:
-            out.append((q.name, q.read_bytes()))
+            try:
+                out.append((q.name, _read_regular(q, max_bytes)))
+            except AppInputError as exc:
+                out.append((q.name, exc))
     if not out:
         raise AppInputError(f"no supported files ({', '.join(SUPPORTED_SUFFIXES)}) in {path!r}")
     return out
 
 
+def _read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file no bigger than ``max_bytes``, checked before reading (a link is not followed,
+    a FIFO does not block), and read no further than the limit in case it grows meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise AppInputError("a symbolic link: links are not followed" if os.path.islink(path) else
+                            f"cannot read the file: {exc.strerror or exc}") from None
+    with open(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise AppInputError("not a regular file (a FIFO or device): only regular files are read")
+        if info.st_size > max_bytes:
+            raise AppInputError(_too_big(info.st_size, max_bytes))
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise AppInputError(_too_big(len(data), max_bytes))
+    return data
+
+
+def _too_big(size: int, max_bytes: int) -> str:
+    return f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit"
+
+
 ProgressFn = Callable[[int, int, str, object], None]
 
 
-def ingest_uploads(uploads: Iterable[tuple[str, bytes]], settings: Settings, kb_path: Path,
+def ingest_uploads(uploads: Iterable[tuple[str, bytes | AppInputError]], settings: Settings, kb_path: Path,
                    progress: ProgressFn | None = None, on_embedded: Callable[[int], None] | None = None
                    ) -> list[dict]:
-    """Save uploads under ``kb_path/files`` and ingest them; one result row per file (refused uploads included).
+    """Ingest uploads and keep a copy of each one the knowledge base took in under ``kb_path/files``; one result
+    row per file (refused uploads included; an ``AppInputError`` in place of the bytes is such a refusal).
 
+    Uploads are staged in a private folder first and moved over the stored copy only when their document was
+    added, updated or found unchanged, so a failed or refused re-upload never replaces the good copy.
     Rows: ``{"file", "status", "reason", "pages", "chunks"}``, status one of added/updated/skipped/failed.
     """
     from ingest import ingest_files
 
-    saved: list[Path] = []
-    rejected: list[Rejected] = []
-    for name, data in uploads:
-        try:
-            saved.append(save_upload(Path(kb_path) / FILES_DIR, name, data))
-        except AppInputError as exc:
-            rejected.append(Rejected(sanitize_filename(name), str(exc)))
-    rows = [{"file": r.source, "status": "failed", "reason": r.reason, "pages": 0, "chunks": 0} for r in rejected]
-    if saved:
-        report = ingest_files(saved, settings, kb_path=kb_path, progress=progress, on_embedded=on_embedded)
-        rows += [{"file": r.source, "status": r.status, "reason": r.reason, "pages": r.pages, "chunks": r.chunks}
-                 for r in report.results]
-        # A file that failed and has no document behind it is not kept: files/ mirrors what the kb holds.
-        failed = {r.source for r in report.failures}
-        known = {d["source"] for d in kb_documents(kb_path)}
-        for path in saved:
-            if path.name in failed and path.name not in known:
-                path.unlink(missing_ok=True)
-    return rows
+    files_dir = Path(kb_path) / FILES_DIR
+    files_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=files_dir))
+    try:
+        staged: dict[str, Path] = {}
+        rejected: list[Rejected] = []
+        for name, data in uploads:
+            safe = sanitize_filename(name)
+            try:
+                if isinstance(data, AppInputError):
+                    raise data
+                if safe in staged:
+                    raise AppInputError("another file in this upload has the same name")
+                staged[safe] = save_upload(staging, name, data, max_bytes=settings.app.max_upload_mb * 2**20)
+            except AppInputError as exc:
+                rejected.append(Rejected(safe, str(exc)))
+        rows = [{"file": r.source, "status": "failed", "reason": r.reason, "pages": 0, "chunks": 0} for r in rejected]
+        if staged:
+            # ingest_files keys each document by its file name, the same name its stored copy gets.
+            report = ingest_files(list(staged.values()), settings, kb_path=kb_path, progress=progress,
+                                  on_embedded=on_embedded)
+            rows += [{"file": r.source, "status": r.status, "reason": r.reason, "pages": r.pages, "chunks": r.chunks}
+                     for r in report.results]
+            for r in report.results:
+                if r.status in ("added", "updated", "skipped") and r.source in staged:
+                    os.replace(staged[r.source], files_dir / r.source)
+        return rows
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def stored_copy(kb_path: Path, source: str) -> Path | None:
+    """The app's stored copy of the document ``source``, if the app keeps one: only documents it ingested
+    (source = a sanitised file name, no folders), so ``sub/a.txt`` from a command-line ingest never maps to
+    the upload ``a.txt``."""
+    if "/" in source or "\\" in source or sanitize_filename(source) != source:
+        return None
+    files_dir = (Path(kb_path) / FILES_DIR).resolve()
+    path = files_dir / source
+    return path if path.parent == files_dir and path.is_file() and not path.is_symlink() else None
 
 
 def delete_kb_document(kb_path: Path, source: str) -> bool:
@@ -193,10 +267,24 @@ def delete_kb_document(kb_path: Path, source: str) -> bool:
     from ingest import delete_document
 
     removed = delete_document(kb_path, source)
-    stored = (Path(kb_path) / FILES_DIR / sanitize_filename(source)).resolve()
-    if stored.parent == (Path(kb_path) / FILES_DIR).resolve() and stored.is_file():
+    stored = stored_copy(kb_path, source)
+    if removed and stored is not None:
         stored.unlink()
     return removed
+
+
+def markdown_escape(text: str) -> str:
+    r"""Text shown through ``st.markdown`` as the characters it holds: no link, image, emphasis, heading, HTML
+    or formula that a document (or an answer quoting one) could smuggle in. Each character is escaped on its
+    own, so pieces of a stream can be escaped one by one.
+
+    >>> print(markdown_escape("![x](http://e.x/a.png) *a* $1$ :red[b]"))
+    \!\[x\]\(http\:\/\/e\.x\/a\.png\) \*a\* \$1\$ \:red\[b\]
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\g<0>", text)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*_{}\[\]<>()#+\-.!|~$:/=&\"']")
 
 
 # ---------------------------------------------------------------- chat

@@ -36,7 +36,7 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def app_env(tmp_path, monkeypatch):
+def app_env(tmp_path, monkeypatch, eval_dir):
     """A fresh knowledge-base root and adapters folder; returns the kb root. Settings come from the code
     defaults plus these variables only (a developer's kbchat.toml is ignored by pointing at an empty one)."""
     kb_root = tmp_path / "kb"
@@ -48,6 +48,8 @@ def app_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KBCHAT_CONFIG", str(config))
     monkeypatch.setenv("KBCHAT_KB_ROOT", str(kb_root))
     monkeypatch.setenv("KBCHAT_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    # "Ingest from path" reads only inside folders an operator allows: here the corpus and this test's folder.
+    monkeypatch.setenv("KBCHAT_APP__ALLOWED_FOLDERS", f"{eval_dir}{__import__('os').pathsep}{tmp_path}")
     return kb_root
 
 

@@ -194,3 +194,91 @@ def test_real_model_answer_shows_its_citation(app_env, eval_dir, monkeypatch):
         assert quote.startswith("> ")
         assert_quotes_the_kb(app_env / "default", e.label, quote.removeprefix("> ").replace("\n> ", "\n"))
     assert not at.error
+
+
+def test_path_ingest_is_confined_and_stored_copies_follow_the_knowledge_base(app, app_env, tmp_path, monkeypatch):
+    import hashlib
+
+    from ingest import ingest_files
+    from kbcore.config import load_settings
+    from kbcore.store import KnowledgeBase
+
+    at = app
+    docs, files, kb_path = tmp_path / "docs", app_env / "default" / "files", app_env / "default"
+    docs.mkdir()
+    good = "# 须知\n\n采购申请由使用部门填写。\n"
+    (docs / "a.md").write_text(good, encoding="utf-8")
+
+    # Outside the allowed folders (and through a link that leads outside): refused, nothing read.
+    (docs / "passwd.md").symlink_to("/etc/passwd")
+    for outside in ("/etc/passwd", "/etc", str(docs / "passwd.md")):
+        ingest_path(at, Path(outside))
+        assert any("outside the folders this app may read" in e.value for e in at.error), outside
+    (docs / "passwd.md").unlink()
+    ingest_path(at, docs)
+    assert [(r["file"], r["status"]) for r in results_table(at)] == [("a.md", "added")]
+    assert (files / "a.md").read_text(encoding="utf-8") == good
+
+    def stored_copy_is_the_kb_version():
+        kb = KnowledgeBase(kb_path, readonly=True)
+        try:
+            return kb.document("a.md").content_hash == hashlib.sha256((files / "a.md").read_bytes()).hexdigest()
+        finally:
+            kb.close()
+
+    # A re-upload that fails keeps the good stored copy, which still matches the knowledge base's version.
+    (docs / "a.md").write_text("# " + "长" * 20_000 + "\n正文。\n", encoding="utf-8")
+    ingest_path(at, docs)
+    assert results_table(at)[0]["status"] == "failed" and "limits.max_heading_chars" in results_table(at)[0]["reason"]
+    assert (files / "a.md").read_text(encoding="utf-8") == good and stored_copy_is_the_kb_version()
+
+    # So does one that meets a busy knowledge base.
+    (docs / "a.md").write_text(good + "\n验收合格后付款。\n", encoding="utf-8")
+    kb = KnowledgeBase(kb_path)
+    with kb.writer():
+        ingest_path(at, docs)
+    kb.close()
+    assert any("being written" in e.value for e in at.error)
+    assert (files / "a.md").read_text(encoding="utf-8") == good and stored_copy_is_the_kb_version()
+    assert [p.name for p in files.iterdir()] == ["a.md"]  # no staging left behind
+
+    # Deleting the command-line document sub/a.md leaves the upload a.md's stored copy alone.
+    (docs / "sub").mkdir()
+    (docs / "sub" / "a.md").write_text("# 其他\n\n另一份。\n", encoding="utf-8")
+    ingest_files([docs / "sub" / "a.md"], load_settings(), kb_path=kb_path, root=docs)
+    show(at, "Documents / 文档")
+    at.selectbox(key="delete_source").set_value("sub/a.md")
+    at.button(key="delete_button").click()
+    run(at)
+    assert (files / "a.md").is_file()
+    at.selectbox(key="delete_source").set_value("a.md")
+    at.button(key="delete_button").click()
+    run(at)
+    assert not (files / "a.md").exists()
+
+    # With no allowed folders (the default) the app reads nothing from the server's disk.
+    monkeypatch.delenv("KBCHAT_APP__ALLOWED_FOLDERS")
+    fresh = run(AppTest.from_file(APP_FILE, default_timeout=TIMEOUT))
+    ingest_path(fresh, docs)
+    assert any("ingesting from a path on the server is off" in e.value for e in fresh.error)
+
+
+def test_document_text_is_shown_as_text_not_markdown(app, app_env, tmp_path):
+    from markdown_it import MarkdownIt
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text(
+        "# 采购指南\n\n供应商参加政府采购应当具备独立承担民事责任的能力。"
+        "![x](http://attacker.example/pixel.png) [点这里](http://attacker.example/) <img src=x> $x$\n",
+        encoding="utf-8")
+    at = ingest_path(app, docs)
+    assert results_table(at)[0]["status"] == "added"
+    ask(at, "供应商参加政府采购应当具备什么能力？")
+    shown = [m.value for m in at.markdown]
+    assert any("attacker" in text for text in shown)  # the passage is shown ...
+    parser = MarkdownIt("commonmark")
+    for text in shown:  # ... but nothing in it becomes a link, an image or HTML
+        kinds = {t.type for block in parser.parse(text) for t in (block.children or [])} | \
+                {block.type for block in parser.parse(text)}
+        assert not kinds & {"image", "link_open", "html_inline", "html_block"}, text

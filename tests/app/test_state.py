@@ -50,7 +50,47 @@ def test_files_on_disk_reads_a_file_or_a_folder(tmp_path):
     (tmp_path / "a.txt").write_text("甲")
     (tmp_path / "b.bin").write_bytes(b"\0")
     (tmp_path / ".c.md").write_text("hidden")
-    assert state.files_on_disk(str(tmp_path)) == [("a.txt", "甲".encode())]
-    assert state.files_on_disk(str(tmp_path / "a.txt")) == [("a.txt", "甲".encode())]
+    assert state.files_on_disk(str(tmp_path), [tmp_path]) == [("a.txt", "甲".encode())]
+    assert state.files_on_disk(str(tmp_path / "a.txt"), [tmp_path]) == [("a.txt", "甲".encode())]
     with pytest.raises(state.AppInputError, match="no supported files"):
-        state.files_on_disk(str(tmp_path / "b.bin"))
+        state.files_on_disk(str(tmp_path / "b.bin"), [tmp_path])
+
+
+def test_files_on_disk_reads_only_inside_the_allowed_folders(tmp_path):
+    import os
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("甲")
+    (docs / "passwd.txt").symlink_to("/etc/passwd")
+    (docs / "etc").symlink_to("/etc")
+    os.mkfifo(docs / "pipe.txt")
+    with pytest.raises(state.AppInputError, match="off; an operator can allow folders"):
+        state.files_on_disk(str(docs))  # none allowed: the default
+    for outside in ("/etc/passwd", "/etc", str(docs / ".." / ".." / "x"), str(docs / "passwd.txt"), str(docs / "etc")):
+        with pytest.raises(state.AppInputError, match="outside the folders this app may read|neither"):
+            state.files_on_disk(outside, [docs])
+    found = dict(state.files_on_disk(str(docs), [docs]))
+    assert found["a.txt"] == "甲".encode()
+    assert "symbolic link" in str(found["passwd.txt"]) and "regular file" in str(found["pipe.txt"])
+
+
+def test_files_on_disk_checks_the_size_before_reading(tmp_path):
+    import time
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as fh:
+        fh.truncate(4 * 2**30)  # sparse: reading it would take seconds and 4 GB of memory
+    started = time.perf_counter()
+    [(name, error)] = state.files_on_disk(str(big), [tmp_path], max_bytes=2**20)
+    assert time.perf_counter() - started < 1.0
+    assert name == "big.txt" and str(error) == "file is 4096.0 MB, over the 1 MB limit"
+
+
+def test_stored_copies_belong_to_app_documents_only(tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "a.txt").write_text("upload")
+    assert state.stored_copy(tmp_path, "a.txt") == (files / "a.txt").resolve()
+    assert state.stored_copy(tmp_path, "sub/a.txt") is None  # a command-line document of the same file name
+    assert state.stored_copy(tmp_path, "../files/a.txt") is None
