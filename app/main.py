@@ -196,6 +196,12 @@ def show_citations(message):
     if not message.get("found", True):
         st.info("Not in the documents: nothing relevant was found, so no answer was made up. / 文档中没有找到相关内容。")
         return
+    if message.get("unsupported"):
+        # The answer stage could not find these in the passages it cites (llm.checks): say so, don't assert them.
+        st.warning("Not found in the cited passages, check before relying on it / 以下内容未在引用资料中找到，请核对原文："
+                   + "；".join(state.markdown_escape(u) for u in message["unsupported"]))
+    elif message.get("found", True) and not message.get("citations"):
+        st.warning("No passage supports this answer / 没有资料支持这个回答，请核对原文。")
     if message.get("citations"):
         st.caption("Sources / 来源 (open one to read the quoted passage)")
     for c in message.get("citations", []):
@@ -251,8 +257,8 @@ def chat_view(settings, kb_path):
                 # An answer can quote a document's links and images: they stay text.
                 st.write_stream(state.markdown_escape(piece) for piece in stream)
             answer = stream.answer
-            # The final text can differ from the raw stream (citation markers resolved, an empty or refusing
-            # generation turned into the "not in the documents" answer): show what the history will keep.
+            # The final text can differ from the raw stream (citations attached, a looping or echoing generation
+            # replaced by a quote, a refusal turned into the "not in the documents" answer): show what is kept.
             shown.markdown(state.markdown_escape(answer.text))
         except Exception as exc:  # keep the app usable: show what went wrong with this question
             st.error(f"Could not answer: {exc}")
@@ -260,6 +266,7 @@ def chat_view(settings, kb_path):
         # For a follow-up the search used the question joined to the previous one: show that, it explains the hits.
         searched = answer.search_query if answer.search_query and answer.search_query != question else ""
         message = {"role": "assistant", "content": answer.text, "found": answer.found, "search_query": searched,
+                   "unsupported": list(answer.unsupported),
                    "citations": [{"label": state.citation_label(c), "snippet": c.snippet} for c in answer.citations]}
         show_citations(message)
     messages += [{"role": "user", "content": question}, message]

@@ -59,6 +59,9 @@ class Hit:
     # retrieval widened the hit (RetrievalSettings.context_window, min_context_chars).
     context: str | None = None
     context_pages: tuple[int, int] | None = None
+    # The identity block of the hit's document (case number, parties; kbcore.text.document_opening) when this
+    # chunk does not hold it itself: the reader needs it to tell look-alike documents apart.
+    opening: str = ""
 
     @property
     def text(self) -> str:

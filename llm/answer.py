@@ -15,12 +15,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from kbcore.config import Settings
 from kbcore.types import Answer, Citation, Hit
-from llm.checks import degenerate_reason, unsupported_numbers
-from llm.citations import resolve_citations, supporting_passage
+from llm.checks import degenerate_reason, trim_loop
+from llm.citations import attribute
 from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
 from llm.forward import model_forward
 from llm.models import LoadedModel, load_model
-from llm.prompts import NOT_FOUND, build_messages, distinct_passages, language_of, render_prompt
+from llm.passages import quote, select_passages
+from llm.prompts import NOT_FOUND, QUOTED, build_messages, language_of, render_prompt
 
 # Signs that a question leans on the previous turn: "and what about", pronouns, "this/that article", a trailing 呢.
 _FOLLOW_UP = re.compile(
@@ -85,7 +86,7 @@ class Answerer:
         best = max((h.dense if h.dense is not None else h.score for h in hits), default=None)
         if best is None or best < cfg.min_relevance:
             return Prepared(question, query, hits, [], None)
-        passages, prompt = self.fit_prompt(question, distinct_passages(hits), history)
+        passages, prompt = self.fit_prompt(question, select_passages(query, hits, cfg.max_passages), history)
         return Prepared(question, query, hits, passages, prompt)
 
     def fit_prompt(self, question: str, passages: list[Hit], history: Sequence[dict] | None
@@ -131,7 +132,8 @@ class Answerer:
         return DecodeOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                              repetition_penalty=cfg.repetition_penalty,
                              stop_ids=stop_ids(loaded.model, loaded.tokenizer),
-                             banned_first=tuple(self._label_openers()))
+                             banned_first=tuple(self._label_openers()),
+                             no_repeat_ngram=cfg.no_repeat_ngram, stop_loops=True)
 
     def generate(self, prompt: str, options: DecodeOptions | None = None) -> Iterator[str]:
         """Text pieces of the model's answer to ``prompt`` (on the calling thread; ``stream`` moves it to the
@@ -162,15 +164,22 @@ class Answerer:
         if not text or NOT_FOUND["zh"].rstrip("。") in text or NOT_FOUND["en"].rstrip(".") in text:
             return Answer(text=text or NOT_FOUND[language], hits=prepared.hits, found=False,
                           question=prepared.question, search_query=prepared.search_query)
-        degenerate = degenerate_reason(text, prepared.question, [h.source for h in prepared.passages])
-        text, citations = resolve_citations(text, prepared.passages)
-        if not citations and (best := supporting_passage(text, prepared.passages)) is not None:
-            # The model copied from a passage without marking it: attribute by overlap, never by guess.
-            _, citations = resolve_citations(f"[{best}]", prepared.passages)
-        cited = [prepared.passages[c.index - 1].text for c in citations]
-        unsupported = tuple(unsupported_numbers(text, cited, prepared.question))
-        return Answer(text=text, citations=citations, hits=prepared.hits, found=True, question=prepared.question,
-                      search_query=prepared.search_query, degenerate=degenerate, unsupported=unsupported)
+        passages, question = prepared.passages, prepared.question
+        sources = [h.source for h in passages]
+        degenerate = degenerate_reason(text, question, sources)
+        if degenerate == "loop" and degenerate_reason(trim_loop(text), question, sources) is None:
+            text = trim_loop(text)
+        elif degenerate:
+            # No usable answer from the model: show the passage sentence that best matches the question, marked
+            # as a quote, rather than the model's output or a guess.
+            quoted = quote(question, passages)
+            if quoted is None:
+                return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=question,
+                              search_query=prepared.search_query, degenerate=degenerate)
+            text = QUOTED[language] + quoted[1]
+        text, citations, unsupported = attribute(text, passages, question)
+        return Answer(text=text, citations=citations, hits=prepared.hits, found=True, question=question,
+                      search_query=prepared.search_query, degenerate=degenerate, unsupported=tuple(unsupported))
 
 
 class AnswerStream:

@@ -24,7 +24,8 @@ _UNIT = {"十": 10, "百": 100, "千": 1000}
 _BIG = {"万": 10_000, "亿": 100_000_000}
 # A run of Chinese numerals: either a positional number (三千五百, 二十二, 十) or a digit-by-digit year (二〇二三).
 _NUMERAL_RUN = re.compile(r"[零〇一二两三四五六七八九十百千万亿]+")
-_PERCENT = re.compile(r"百分之([零〇一二两三四五六七八九十百千]+|\d+(?:\.\d+)?)")
+_PERCENT = re.compile(r"([百千])分之([零〇一二两三四五六七八九十百千]+|\d+(?:\.\d+)?)")
+_DAYS = re.compile(r"(\d)天")
 
 
 def _numeral_value(run: str) -> int | None:
@@ -58,15 +59,15 @@ def _numerals_to_digits(text: str) -> str:
         value = _numeral_value(match.group())
         return match.group() if value is None else str(value)
 
-    text = _PERCENT.sub(lambda m: _NUMERAL_RUN.sub(replace, m.group(1)) + "%", text)
-    return _NUMERAL_RUN.sub(replace, text)
+    text = _PERCENT.sub(lambda m: _NUMERAL_RUN.sub(replace, m.group(2)) + ("%" if m.group(1) == "百" else "‰"), text)
+    return _DAYS.sub(r"\1日", _NUMERAL_RUN.sub(replace, text))
 
 
 def fold(text: str) -> str:
     """The form answers and passages are compared in (see the module docstring).
 
-    >>> fold("十日内"), fold("两个月"), fold("一万二千元"), fold("统一")
-    ('10日内', '2个月', '12000元', '统1')
+    >>> fold("十日内"), fold("两个月"), fold("一万二千元"), fold("统一"), fold("千分之五"), fold("20天")
+    ('10日内', '2个月', '12000元', '统1', '5‰', '20日')
     """
     return _numerals_to_digits(_SPACE.sub("", unicodedata.normalize("NFKC", text).lower()))
 
@@ -80,6 +81,7 @@ _ENUMERATION = re.compile(r"[（(]\s*\d{1,2}\s*[)）]|(?<![\d.])\d{1,2}[.、](?!
 _PUNCT = re.compile(r"[\W_]+")
 # A piece of 4-40 characters said three times in a row, or a sentence said three times anywhere.
 _REPEAT = re.compile(r"(.{4,40}?)\1\1", re.DOTALL)
+_REPEAT_RUN = re.compile(r"(.{2,60}?)(?:\s*\1){2,}", re.DOTALL)
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;\n])")
 
 
@@ -102,6 +104,15 @@ def is_loop(text: str) -> bool:
         return True
     sentences = [s.strip() for s in _SENTENCE_END.split(text) if len(s.strip()) >= 4]
     return any(sentences.count(s) >= 3 for s in set(sentences))
+
+
+def trim_loop(text: str) -> str:
+    """``text`` with each piece said three or more times in a row said once.
+
+    >>> trim_loop("受理费650元。1. 2. 1. 2. 1. 2. 1. 2.")
+    '受理费650元。1. 2.'
+    """
+    return _REPEAT_RUN.sub(r"\1", text).strip()
 
 
 def degenerate_reason(text: str, question: str, sources: Sequence[str] = ()) -> str | None:
@@ -129,12 +140,12 @@ def degenerate_reason(text: str, question: str, sources: Sequence[str] = ()) -> 
         stem = name.rsplit(".", 1)[0]
         if name in lowered or (len(stem) >= 4 and stem in lowered):
             return "placeholder"
-    asked = content_of(question)
-    if asked and (content in asked or len(bigrams(content) - bigrams(asked)) < 3):
-        return "echo"
     markers = len(_MARKERS.findall(text))
     if markers >= 3 and len(content) < 6 * markers:
         return "label_list"
+    asked = content_of(question)
+    if asked and (content in asked or len(bigrams(content) - bigrams(asked)) < 3):
+        return "echo"
     if is_loop(text):
         return "loop"
     return None
@@ -155,8 +166,16 @@ def unsupported_numbers(text: str, passages: Sequence[str], question: str = "") 
     ['1070']
     """
     seen = fold(question) + "\n" + "\n".join(fold(p) for p in passages)
-    numbers = _NUMBER.findall(fold(_MARKERS.sub("", text)))
-    return [n for n in dict.fromkeys(numbers) if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])", seen)]
+    return [n for n in numbers_in(text) if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])", seen)]
+
+
+def numbers_in(text: str) -> list[str]:
+    """The numbers ``text`` states, folded, citation markers left out.
+
+    >>> numbers_in("保证金不超过百分之二，十五日内[1]。")
+    ['2%', '15']
+    """
+    return list(dict.fromkeys(_NUMBER.findall(fold(_MARKERS.sub("", text)))))
 
 
 def support(text: str, passages: Sequence[str], question: str = "") -> float:

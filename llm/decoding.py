@@ -38,6 +38,11 @@ class DecodeOptions:
     banned_first: tuple[int, ...] = ()
     # Stop tokens are refused before this many tokens (benchmarks time a fixed length).
     min_new_tokens: int = 0
+    # A token that would repeat an n-gram of this many tokens already in the answer is refused (0: off); the
+    # prompt does not count, so copying a passage stays free.
+    no_repeat_ngram: int = 0
+    # Stop when the answer's last tokens are one piece said over and over (see ``looping``).
+    stop_loops: bool = False
 
 
 def decode(forward: Forward, prompt_ids: torch.Tensor, options: DecodeOptions,
@@ -49,8 +54,13 @@ def decode(forward: Forward, prompt_ids: torch.Tensor, options: DecodeOptions,
         seen = set(prompt_ids[0].tolist())
         seen_ids = torch.tensor(sorted(seen), dtype=torch.long, device=logits.device)
         stop = set(options.stop_ids)
+        answer: list[int] = []
+        followers: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram of the answer -> tokens that followed it
+        n = options.no_repeat_ngram
         for step in range(options.max_new_tokens):
             scores = logits[0].float()
+            if n > 1 and len(answer) >= n - 1 and (banned := followers.get(tuple(answer[len(answer) - n + 1:]))):
+                scores[list(banned)] = float("-inf")
             if options.repetition_penalty != 1.0 and len(seen_ids):
                 previous = scores[seen_ids]
                 scores[seen_ids] = torch.where(previous < 0, previous * options.repetition_penalty,
@@ -63,11 +73,30 @@ def decode(forward: Forward, prompt_ids: torch.Tensor, options: DecodeOptions,
             yield token
             if token in stop:
                 return
+            answer.append(token)
+            if n > 1 and len(answer) >= n:
+                followers.setdefault(tuple(answer[-n:-1]), set()).add(token)
+            if options.stop_loops and looping(answer):
+                return
             if token not in seen:
                 seen.add(token)
                 seen_ids = torch.cat([seen_ids, seen_ids.new_tensor([token])])
             if step + 1 < options.max_new_tokens:
                 logits = forward(torch.tensor([[token]], device=prompt_ids.device))
+
+
+def looping(tokens: list[int], longest: int = 20, shortest_run: int = 9) -> bool:
+    """True when the tokens end in one piece of at most ``longest`` tokens said three times in a row (and in
+    at least ``shortest_run`` tokens, so "……" or "1. 2. 3." are not loops).
+
+    >>> looping([5, 1, 2, 3, 1, 2, 3, 1, 2, 3]), looping([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    (True, False)
+    """
+    for period in range(1, min(longest, len(tokens) // 3) + 1):
+        run = max(3 * period, shortest_run)
+        if len(tokens) >= run and all(tokens[-i] == tokens[-i - period] for i in range(1, run - period + 1)):
+            return True
+    return False
 
 
 def _choose(scores: torch.Tensor, options: DecodeOptions, generator: torch.Generator | None) -> int:

@@ -13,9 +13,11 @@ Per answer (``grade``):
 - **citation precision**: of the passages an answer cites, the share from the gold document that lie on the gold
   pages or hold a gold fact.
 - **refusals**: the share of unanswerable questions refused, and of answerable ones refused (lower is better).
-- **degenerate**: the model's own output was empty, a copied label or placeholder, the question echoed, a list
-  of passage labels or a loop (``llm.checks.degenerate_reason``), whether or not the answer stage then
-  replaced it.
+- **degenerate**: the answer shown is empty, a copied label or placeholder, the question echoed, a list of
+  passage labels or a loop (``llm.checks.degenerate_reason``); **caught**: the model's own output was, and the
+  answer stage replaced it (``Answer.degenerate``).
+- **flagged**: the answer holds a sentence or number its citations do not (``Answer.unsupported``), which the
+  app shows as unverified.
 - **right document**: correct, and every citation from the gold document (the look-alike measure).
 - seconds per answer, retrieval included.
 
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kbcore.types import Answer, Citation
-from llm.checks import fold
+from llm.checks import degenerate_reason, fold
 
 # A reference-only item (the FAQ's section openings) counts as answered when the answer recalls this share of
 # the reference's characters.
@@ -125,6 +127,7 @@ class Grade:
     precise_citations: int
     right_document: bool
     degenerate: str | None
+    caught: str | None
     unsupported: bool
     recall: float | None
     f1: float | None
@@ -149,8 +152,9 @@ def grade(item: AnswerItem, answer: Answer, seconds: float) -> Grade:
     gold = Path(item.source).name if item.source else None
     right_document = correct and item.answerable and bool(answer.citations) and all(
         Path(c.source).name == gold for c in answer.citations) if gold else correct
+    shown = None if refused else degenerate_reason(answer.text, item.question, [h.source for h in answer.hits])
     return Grade(item.id, item.answerable, refused, correct, len(answer.citations), precise, right_document,
-                 answer.degenerate, bool(answer.unsupported), recall, f1, seconds)
+                 shown, answer.degenerate, bool(answer.unsupported), recall, f1, seconds)
 
 
 def summarize(grades: Sequence[Grade]) -> dict:
@@ -174,6 +178,7 @@ def summarize(grades: Sequence[Grade]) -> dict:
         "refused_unanswerable": rate([g for g in unanswerable if g.refused], unanswerable),
         "refused_answerable": rate([g for g in answerable if g.refused], answerable),
         "degenerate": rate([g for g in grades if g.degenerate], grades),
+        "caught": rate([g for g in grades if g.caught], grades),
         "unsupported": rate([g for g in answered if g.unsupported], answered),
         "right_document": rate([g for g in answerable if g.right_document], answerable),
         "reference_f1": round(statistics.fmean(f1s), 4) if f1s else None,
@@ -194,7 +199,8 @@ def run(answerer, items: Sequence[AnswerItem], *, oracle: bool = False, log=None
         out.append((graded, answer))
         if log is not None:
             mark = "ok " if graded.correct else "BAD"
-            log(f"  {mark} {item.id} {graded.seconds:5.1f}s {answer.degenerate or ''} | {item.question[:40]} -> "
+            log(f"  {mark} {item.id} {graded.seconds:5.1f}s {graded.degenerate or ''}/{graded.caught or ''} "
+                f"| {item.question[:40]} -> "
                 f"{answer.text[:90]!r}")
     return out
 
@@ -213,7 +219,7 @@ def _parse_variant(spec: str) -> tuple[str, dict]:
 
 
 COLUMNS = (("correct", "correct"), ("citation_precision", "cite-prec"), ("refused_unanswerable", "refuse-no"),
-           ("refused_answerable", "refuse-yes"), ("degenerate", "degen"), ("unsupported", "flagged"),
+           ("refused_answerable", "refuse-yes"), ("degenerate", "degen"), ("caught", "caught"), ("unsupported", "flagged"),
            ("right_document", "right-doc"), ("reference_f1", "ref-F1"), ("p50_s", "p50 s"), ("p90_s", "p90 s"))
 
 
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_row(label, rows[label]), flush=True)
                 if args.json:
                     details[label] = [{"id": g.id, "answer": a.text, "correct": g.correct, "refused": g.refused,
-                                       "degenerate": g.degenerate, "citations": [(c.source, c.pages) for c in
+                                       "degenerate": g.degenerate, "caught": g.caught, "citations": [(c.source, c.pages) for c in
                                                                                  a.citations]}
                                       for g, a in results]
     first = next(iter(rows))

@@ -17,7 +17,7 @@ import numpy as np
 from kbcore.config import RetrievalSettings, Settings
 from kbcore.embedding import Embedder
 from kbcore.store import KnowledgeBase
-from kbcore.text import TOKENIZER_VERSION, chunk_tokens, openings, search_tokens, stored_opening_chars
+from kbcore.text import TOKENIZER_VERSION, chunk_tokens, document_opening, openings, search_tokens, stored_opening_chars
 from kbcore.types import Chunk, Hit
 from retrieval import fusion
 from retrieval.lexical import BM25Index
@@ -102,6 +102,7 @@ class Retriever:
         self.reranker = reranker
         self._bm25: BM25Index | None = None
         self._bm25_generation = -1
+        self._openings: dict[tuple[int, int], str] = {}
         self._lock = threading.Lock()
 
     def _lexical_index(self) -> BM25Index:
@@ -164,8 +165,20 @@ class Retriever:
                        for h in hits), key=lambda h: -h.score)[:keep]
         if self.reranker is not None:
             hits = self.reranker.rerank(question, hits)[:k]
-        hits = [replace(h, rank=i + 1) for i, h in enumerate(hits)]
+        hits = [replace(h, rank=i + 1, opening=self.opening(h.chunk)) for i, h in enumerate(hits)]
         return [self.widened(h) for h in hits]
+
+    def opening(self, chunk: Chunk) -> str:
+        """The identity block of the chunk's document (``kbcore.text.document_opening``), "" for the chunk that
+        holds it or when the knowledge base was built without them."""
+        if chunk.ordinal == 0:
+            return ""
+        key = (self.kb.generation, chunk.document_id)
+        if key not in self._openings:
+            chars = stored_opening_chars(self.kb.settings()) or 0
+            first = self.kb.neighbours(replace(chunk, ordinal=0), 0) if chars else []
+            self._openings[key] = document_opening(first[0].text, first[0].heading, chars) if first else ""
+        return self._openings[key]
 
     def fuse(self, dense: list[tuple[int, float]], lexical: list[tuple[int, float]]) -> list[tuple[int, float]]:
         """The dense and BM25 lists as one, by the configured fusion and weights."""

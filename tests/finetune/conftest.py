@@ -43,10 +43,11 @@ def make_char_tokenizer(texts):
 
 @pytest.fixture(scope="session")
 def corpus_texts():
-    from llm.prompts import LABELS, NOT_FOUND, SYSTEM
+    from llm.prompts import ANSWER_RULE, LABELS, NOT_FOUND, QUOTED, SYSTEM
 
-    texts = list(SYSTEM.values()) + list(NOT_FOUND.values()) + [" ".join(LABELS["zh"] + LABELS["en"])]
-    texts.append("0123456789《》[] ·>-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n")
+    texts = [*SYSTEM.values(), *NOT_FOUND.values(), *ANSWER_RULE.values(), *QUOTED.values(),
+             " ".join(LABELS["zh"] + LABELS["en"])]
+    texts.append("0123456789《》【】[] ·>-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n")
     for name in ("train.jsonl", "heldout.jsonl"):
         path = EVAL_FINETUNE / name
         if path.is_file():

@@ -84,7 +84,7 @@ def test_passages_are_shortened_before_the_answer(char_tokenizer):
     enc = encode(char_tokenizer, record, max_seq_length=300)
     text = char_tokenizer.decode(enc.input_ids)
     assert len(enc.input_ids) <= 300 and enc.answer_tokens == len("一个发行版。") + 1
-    assert "faq.pdf" in text and "第 3 章" in text and "资料资料" in text and record.question in text
+    assert "章】\n资料" in text and "资料资料" in text and record.question in text
 
 
 def _kb(tmp_path, documents):

@@ -82,3 +82,29 @@ def test_streamed_pieces_keep_the_spaces_a_sentencepiece_decoder_strips_at_the_s
     words.pre_tokenizer, words.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words)
     assert list(text_pieces(tokenizer, [1, 2, 3, 2])) == ["hello", " world", " again", " world"]
+
+
+def cycling(period):
+    """A toy model that always prefers the token after the last one, modulo ``period``: it loops for ever."""
+    def forward(ids):
+        logits = torch.zeros(1, 16)
+        logits[0, (int(ids[0, -1]) + 1) % period] = 1.0
+        logits[0, 15] = 0.5  # the second choice, once the first is refused
+        return logits
+    return forward
+
+
+def test_a_model_that_loops_is_stopped_after_three_turns_of_the_loop():
+    tokens = list(decode(cycling(4), torch.tensor([[3]]), DecodeOptions(max_new_tokens=100, stop_loops=True)))
+    assert tokens == [0, 1, 2, 3] * 3
+    assert len(list(decode(cycling(4), torch.tensor([[3]]), DecodeOptions(max_new_tokens=100)))) == 100
+
+
+def test_no_repeat_ngram_refuses_the_token_that_would_repeat_the_answer():
+    options = DecodeOptions(max_new_tokens=12, no_repeat_ngram=3)
+    tokens = list(decode(cycling(4), torch.tensor([[3]]), options))
+    grams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+    assert len(grams) == len(set(grams)) and 15 in tokens  # the loop was broken by the second choice
+    # The prompt does not count: the answer may copy the prompt's n-grams.
+    prompt = torch.tensor([[0, 1, 2, 3]])
+    assert list(decode(cycling(4), prompt, DecodeOptions(max_new_tokens=3, no_repeat_ngram=3))) == [0, 1, 2]

@@ -1,0 +1,100 @@
+"""What the reader sees: the retrieved passages a small model is given, and the quote it falls back on.
+
+A 0.5B model reads three passages of one document far better than five from several: it took facts from a
+neighbouring judgment, or merged two laws' deadlines. So the passages are deduplicated, passages of another
+document are dropped when the question names this one's parties or number, and passages of one document are
+shown together in reading order.
+
+>>> from kbcore.types import Chunk, Hit
+>>> def hit(i, source, text, opening, ordinal=1):
+...     return Hit(Chunk(i, i, source, ordinal, 2, 2, "民事判决书", text), 1.0 / i, opening=opening)
+>>> hits = [hit(1, "b.pdf", "月租金3600元。", "原告：王伟\\n被告：李娜"),
+...         hit(2, "a.pdf", "月租金5100元。", "原告：宋静\\n被告：朱洋")]
+>>> [h.source for h in select_passages("宋静诉朱洋的租赁纠纷，月租金多少？", hits, 3)]
+['a.pdf']
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from kbcore.text import document_opening
+from kbcore.types import Hit
+from llm.checks import bigrams, content_of
+
+# Characters of a document's head that hold its identity block (kbcore.config.ChunkSettings.opening_chars).
+IDENTITY_CHARS = 150
+
+
+def distinct_passages(hits: Sequence[Hit]) -> list[Hit]:
+    """The hits to show the model, best first, less those whose own chunk an earlier passage already shows.
+
+    A hit widened with its neighbours (``RetrievalSettings.min_context_chars``) often takes in another hit: on
+    ../shared/eval 55-71% of questions had one, 15-21% of the passages' characters. Shown twice, the same text
+    costs prompt tokens and splits the answer's citations between two numbers.
+
+    >>> from kbcore.types import Chunk, Hit
+    >>> article = lambda i, text: Chunk(i, 1, "fa.pdf", i, 2, 2, "法", text)
+    >>> wide = Hit(article(1, "第一条 甲。"), 0.9, context="第一条 甲。第二条 乙。")
+    >>> [h.chunk.id for h in distinct_passages([wide, Hit(article(2, "第二条 乙。"), 0.8), Hit(article(5, "第五条 戊。"), 0.7)])]
+    [1, 5]
+    """
+    shown: list[Hit] = []
+    for hit in hits:
+        if not any(hit.source == earlier.source and hit.chunk.text in earlier.text for earlier in shown):
+            shown.append(hit)
+    return shown
+
+
+def identity(hit: Hit) -> str:
+    """The identity block of the hit's document: carried by the hit, or read from the chunk that holds it."""
+    if hit.opening or hit.chunk.ordinal != 0:
+        return hit.opening
+    return document_opening(hit.chunk.text, hit.heading, IDENTITY_CHARS)
+
+
+def named_documents(question: str, hits: Sequence[Hit]) -> set[str] | None:
+    """The documents whose identity the question names (bigrams of a party or a case number that no other
+    retrieved document's identity block has), or None when it names none."""
+    asked = bigrams(content_of(question))
+    blocks: dict[str, set[str]] = {}
+    for h in hits:
+        blocks.setdefault(h.source, set()).update(bigrams(content_of(identity(h))))
+    named = set()
+    for source, grams in blocks.items():
+        others = set().union(*(g for s, g in blocks.items() if s != source))
+        if len((asked & grams) - others) >= 2:
+            named.add(source)
+    return named or None
+
+
+def select_passages(question: str, hits: Sequence[Hit], limit: int) -> list[Hit]:
+    """At most ``limit`` passages for the reader: distinct, from the documents the question names when it
+    names any, grouped by document (documents in rank order, passages in reading order)."""
+    passages = distinct_passages(hits)
+    named = named_documents(question, passages)
+    if named:
+        passages = [h for h in passages if h.source in named]
+    passages = passages[:limit]
+    order = list(dict.fromkeys(h.source for h in passages))
+    return sorted(passages, key=lambda h: (order.index(h.source), h.chunk.ordinal))
+
+
+_SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]?")
+
+
+def quote(question: str, passages: Sequence[Hit], longest: int = 200) -> tuple[int, str] | None:
+    """The passage sentence that shares most with the question, as (0-based passage, sentence): what the
+    answer stage shows, quoted, when the model's own answer is unusable."""
+    asked = bigrams(content_of(question))
+    # The parties or case number the question names are in every sentence of the right document's head:
+    # what is asked about is the rest.
+    asked -= set().union(*(bigrams(content_of(identity(h))) for h in passages))
+    best, best_score = None, 0
+    for i, hit in enumerate(passages):
+        for sentence in _SENTENCE.findall(hit.text):
+            score = len(asked & bigrams(content_of(sentence)))
+            if score > best_score:
+                best, best_score = (i, sentence.strip()[:longest]), score
+    return best
