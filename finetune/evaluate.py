@@ -1,4 +1,5 @@
-"""Base model against base + adapter on held-out pairs: answer-token loss and a task score.
+"""Base model against base + adapter on held-out pairs: answer-token loss, a task score, and the answer harness's
+measures (``llm.eval``: answered, character F1, degenerate outputs).
 
 Task score: **character 4-gram recall** of the reference answer in the generated one: the share of the reference's
 distinct character 4-grams (NFKC, lower case, whitespace removed) that also occur in the generated answer. It rewards
@@ -46,6 +47,11 @@ class Side:
     score: float
     answers: list[str]
     seconds: float
+    # The answer harness's measures (llm.eval) against each pair's reference: answered (character recall of the
+    # reference >= llm.eval.REFERENCE_RECALL), mean character F1, and the share of degenerate outputs.
+    correct: float = 0.0
+    f1: float = 0.0
+    degenerate: float = 0.0
 
     @property
     def perplexity(self) -> float:
@@ -89,7 +95,21 @@ def evaluate_side(loaded, records: Sequence[Record], *, max_seq_length: int, opt
     loss = answer_loss(loaded.model, loaded.tokenizer, records, max_seq_length)
     answers = generate_answers(loaded, records, options) if options.max_new_tokens > 0 else []
     score = (sum(ngram_recall(r.output, a) for r, a in zip(records, answers)) / len(records)) if answers else 0.0
-    return Side(loss, score, answers, time.perf_counter() - started)
+    return Side(loss, score, answers, time.perf_counter() - started, **answer_metrics(records, answers))
+
+
+def answer_metrics(records: Sequence[Record], answers: Sequence[str]) -> dict[str, float]:
+    """The harness's per-answer measures, averaged: ``correct``, ``f1`` and ``degenerate`` (see ``Side``)."""
+    from llm.checks import degenerate_reason
+    from llm.eval import REFERENCE_RECALL, char_recall_f1
+
+    if not answers:
+        return {}
+    scores = [char_recall_f1(r.output, a) for r, a in zip(records, answers)]
+    n = len(answers)
+    return {"correct": sum(recall >= REFERENCE_RECALL for recall, _ in scores) / n,
+            "f1": sum(f1 for _, f1 in scores) / n,
+            "degenerate": sum(degenerate_reason(a, r.question) is not None for r, a in zip(records, answers)) / n}
 
 
 def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length: int = 512,
@@ -98,7 +118,7 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
     from dataclasses import replace
 
     from finetune.train import fast_compute_dtype
-    from llm.answer import Answerer
+    from llm.answer import decode_options
     from llm.models import load_model
 
     sides = []
@@ -108,8 +128,7 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
         loaded = load_model(replace(settings.llm, adapter=adapter_name), settings.cache_dir,
                             adapters_dir=settings.adapters_dir, shared=False)
         fast_compute_dtype(loaded.model)  # float32 on CPUs that only emulate bfloat16 (see finetune.train)
-        options = replace(Answerer(settings, retriever=None, loaded=loaded).decode_options(),
-                          max_new_tokens=max_new_tokens, temperature=0.0)
+        options = replace(decode_options(settings.llm, loaded), max_new_tokens=max_new_tokens, temperature=0.0)
         # On the model's own thread, like the answer stage: decoding elsewhere ran ~30 % slower (llm.models).
         sides.append(loaded.submit(evaluate_side, loaded, records, max_seq_length=max_seq_length,
                                    options=options).result())
@@ -120,6 +139,8 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
             "base_ppl": round(base_side.perplexity, 2), "adapter_ppl": round(tuned_side.perplexity, 2),
             "base_score": round(base_side.score, 4), "adapter_score": round(tuned_side.score, 4),
             "base_seconds": round(base_side.seconds, 1), "adapter_seconds": round(tuned_side.seconds, 1),
+            **{f"{name}_{key}": round(getattr(side, key), 4) for name, side in (("base", base_side), ("adapter", tuned_side))
+               for key in ("correct", "f1", "degenerate")},
             "adapter": tuned_name, "examples": [
                 {"question": r.question, "reference": r.output[:200], "base": b[:200], "adapter": a[:200]}
                 for r, b, a in zip(records[:3], base_side.answers, tuned_side.answers)]}
@@ -130,10 +151,14 @@ def format_table(result: dict) -> str:
             ("answer loss", f"{result['base_loss']:.4f}", f"{result['adapter_loss']:.4f}"),
             ("perplexity", f"{result['base_ppl']:.2f}", f"{result['adapter_ppl']:.2f}"),
             ("4-gram recall", f"{result['base_score']:.4f}", f"{result['adapter_score']:.4f}"),
+            ("answered", f"{result['base_correct']:.4f}", f"{result['adapter_correct']:.4f}"),
+            ("char F1", f"{result['base_f1']:.4f}", f"{result['adapter_f1']:.4f}"),
+            ("degenerate", f"{result['base_degenerate']:.4f}", f"{result['adapter_degenerate']:.4f}"),
             ("seconds", f"{result['base_seconds']}", f"{result['adapter_seconds']}")]
     return "\n".join(f"{a:<16}{b:>12}{c:>16}" for a, b, c in rows) + f"\n(n = {result['n']} held-out pairs)"
 
 
 def summary_line(result: dict) -> str:
-    keys = ("n", "base_loss", "adapter_loss", "base_score", "adapter_score", "base_ppl", "adapter_ppl")
+    keys = ("n", "base_loss", "adapter_loss", "base_score", "adapter_score", "base_ppl", "adapter_ppl",
+            "base_correct", "adapter_correct", "base_f1", "adapter_f1", "base_degenerate", "adapter_degenerate")
     return json.dumps({k: result[k] for k in keys})

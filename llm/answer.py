@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from queue import Queue
 from typing import Callable, Iterable, Iterator, Sequence
 
-from kbcore.config import Settings
+from kbcore.config import LLMSettings, Settings
 from kbcore.types import Answer, Citation, Hit
-from llm.checks import degenerate_reason, trim_loop
+from llm.checks import degenerate_reason, trim_loop, unsupported_numbers
 from llm.citations import attribute
 from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
 from llm.forward import model_forward
@@ -67,7 +68,6 @@ class Answerer:
         self.settings = settings
         self.retriever = retriever
         self._loaded = loaded
-        self._openers: list[int] | None = None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -113,27 +113,8 @@ class Answerer:
         return passages, render_prompt(tokenizer, build_messages(question, passages, history, texts))
 
     # ------------------------------------------------------------ generating
-    def _label_openers(self) -> list[int]:
-        """Tokens an answer may not start with: a citation bracket or a passage label. The 0.5B otherwise
-        often answers with nothing but "[1]" or "资料2（来源…）"; made to start with content, it writes a sentence
-        and cites at its end."""
-        if self._openers is None:
-            tokenizer = self.loaded.tokenizer
-            openers = {i for t, i in tokenizer.get_vocab().items() if t.lstrip("Ġ").startswith("[")}
-            for label in ("资料", "【", "来源", "Passage"):
-                ids = tokenizer(label, add_special_tokens=False)["input_ids"]
-                openers.update(ids[:1])  # none where a small vocabulary can't spell the label
-            self._openers = sorted(openers)
-        return self._openers
-
     def decode_options(self) -> DecodeOptions:
-        cfg = self.settings.llm
-        loaded = self.loaded
-        return DecodeOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                             repetition_penalty=cfg.repetition_penalty,
-                             stop_ids=stop_ids(loaded.model, loaded.tokenizer),
-                             banned_first=tuple(self._label_openers()),
-                             no_repeat_ngram=cfg.no_repeat_ngram, stop_loops=True)
+        return decode_options(self.settings.llm, self.loaded)
 
     def generate(self, prompt: str, options: DecodeOptions | None = None) -> Iterator[str]:
         """Text pieces of the model's answer to ``prompt`` (on the calling thread; ``stream`` moves it to the
@@ -168,8 +149,17 @@ class Answerer:
         sources = [h.source for h in passages]
         degenerate = degenerate_reason(text, question, sources)
         if degenerate == "loop" and degenerate_reason(trim_loop(text), question, sources) is None:
-            text = trim_loop(text)
-        elif degenerate:
+            text, degenerate = trim_loop(text), "loop"
+        elif degenerate is None:
+            cited_text, citations, unsupported = attribute(text, passages, question)
+            cited = {c.chunk_id for c in citations}
+            if not unsupported_numbers(text, [h.text for h in passages if h.chunk.id in cited or not cited], question):
+                return Answer(text=cited_text, citations=citations, hits=prepared.hits, found=True,
+                              question=question, search_query=prepared.search_query,
+                              unsupported=tuple(unsupported))
+            # A number no passage it cites holds: the 0.5B took it from nowhere or from the wrong law.
+            degenerate = "unsupported"
+        if degenerate != "loop":
             # No usable answer from the model: show the passage sentence that best matches the question, marked
             # as a quote, rather than the model's output or a guess.
             quoted = quote(question, passages)
@@ -180,6 +170,26 @@ class Answerer:
         text, citations, unsupported = attribute(text, passages, question)
         return Answer(text=text, citations=citations, hits=prepared.hits, found=True, question=question,
                       search_query=prepared.search_query, degenerate=degenerate, unsupported=tuple(unsupported))
+
+
+@lru_cache(maxsize=8)
+def label_openers(tokenizer) -> tuple[int, ...]:
+    """Tokens an answer may not start with: a bracket or a label a passage could carry. The 0.5B otherwise often
+    answered with nothing but "[1]" or "资料2（来源…）"; made to start with content, it writes a sentence."""
+    openers = {i for t, i in tokenizer.get_vocab().items() if t.lstrip("Ġ").startswith("[")}
+    for label in ("资料", "【", "来源", "Passage"):
+        ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+        openers.update(ids[:1])  # none where a small vocabulary can't spell the label
+    return tuple(sorted(openers))
+
+
+def decode_options(settings: LLMSettings, loaded: LoadedModel) -> DecodeOptions:
+    """How answers are decoded (the answer stage, and ``finetune eval`` so it measures the same answers)."""
+    return DecodeOptions(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                         repetition_penalty=settings.repetition_penalty,
+                         stop_ids=stop_ids(loaded.model, loaded.tokenizer),
+                         banned_first=label_openers(loaded.tokenizer),
+                         no_repeat_ngram=settings.no_repeat_ngram, stop_loops=True)
 
 
 class AnswerStream:

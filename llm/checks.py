@@ -153,7 +153,8 @@ def degenerate_reason(text: str, question: str, sources: Sequence[str] = ()) -> 
 
 # ------------------------------------------------------------------ grounding
 # Numbers are the claims a small model most often gets from the wrong passage (amounts, days, dates).
-_NUMBER = re.compile(r"\d+(?:\.\d+)?%?")
+# With its unit when it has one: "3个月" is not supported by a passage's "第3条".
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:%|‰|个?工作日|个?月|[日年元人名项次倍家岁])?")
 
 
 def unsupported_numbers(text: str, passages: Sequence[str], question: str = "") -> list[str]:
@@ -163,7 +164,9 @@ def unsupported_numbers(text: str, passages: Sequence[str], question: str = "") 
     >>> unsupported_numbers("借款12000元，期限十二个月[1]。", ["借款一万二千元，期限12个月。"])
     []
     >>> unsupported_numbers("受理费1070元[1]。", ["案件受理费650元。"])
-    ['1070']
+    ['1070元']
+    >>> unsupported_numbers("最长暂停三个月[1]。", ["第三条 暂停时间最长不得超过三十日。"])
+    ['3个月']
     """
     seen = fold(question) + "\n" + "\n".join(fold(p) for p in passages)
     return [n for n in numbers_in(text) if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])", seen)]
@@ -172,8 +175,8 @@ def unsupported_numbers(text: str, passages: Sequence[str], question: str = "") 
 def numbers_in(text: str) -> list[str]:
     """The numbers ``text`` states, folded, citation markers left out.
 
-    >>> numbers_in("保证金不超过百分之二，十五日内[1]。")
-    ['2%', '15']
+    >>> numbers_in("保证金不超过百分之二，十五日内、三个月内，第3条[1]。")
+    ['2%', '15日', '3个月', '3']
     """
     return list(dict.fromkeys(_NUMBER.findall(fold(_MARKERS.sub("", text)))))
 

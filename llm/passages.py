@@ -21,7 +21,7 @@ from typing import Sequence
 
 from kbcore.text import document_opening
 from kbcore.types import Hit
-from llm.checks import bigrams, content_of
+from llm.checks import bigrams, content_of, numbers_in
 
 # Characters of a document's head that hold its identity block (kbcore.config.ChunkSettings.opening_chars).
 IDENTITY_CHARS = 150
@@ -81,6 +81,7 @@ def select_passages(question: str, hits: Sequence[Hit], limit: int) -> list[Hit]
     return sorted(passages, key=lambda h: (order.index(h.source), h.chunk.ordinal))
 
 
+_QUANTITY = re.compile(r"多少|几|多久|多长|多大|比例|期限|金额|how (?:many|much|long)", re.IGNORECASE)
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]?")
 
 
@@ -91,10 +92,13 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200) -> tuple[i
     # The parties or case number the question names are in every sentence of the right document's head:
     # what is asked about is the rest.
     asked -= set().union(*(bigrams(content_of(identity(h))) for h in passages))
+    wants_number = bool(_QUANTITY.search(question))
     best, best_score = None, 0
     for i, hit in enumerate(passages):
         for sentence in _SENTENCE.findall(hit.text):
             score = len(asked & bigrams(content_of(sentence)))
+            if score and wants_number and numbers_in(sentence):
+                score += 2  # the question asks for an amount, a count or a time, and this sentence gives one
             if score > best_score:
                 best, best_score = (i, sentence.strip()[:longest]), score
     return best

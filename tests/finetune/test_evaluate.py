@@ -38,7 +38,9 @@ def test_compare_base_and_adapter_on_held_out_pairs(tiny, tiny_settings, train_r
     assert 0.0 <= result["base_score"] <= 1.0 and 0.0 <= result["adapter_score"] <= 1.0
     assert len(result["examples"]) == 3 and all(isinstance(e["adapter"], str) for e in result["examples"])
     assert "answer loss" in format_table(result)
-    assert set(json.loads(summary_line(result))) >= {"n", "base_loss", "adapter_loss", "base_score", "adapter_score"}
+    assert set(json.loads(summary_line(result))) >= {"n", "base_loss", "adapter_loss", "base_score", "adapter_score",
+                                                     "base_correct", "adapter_f1", "adapter_degenerate"}
+    assert "degenerate" in format_table(result)
 
 
 def test_cli_refuses_an_adapter_trained_for_another_base(tiny, tiny_model_dir, train_records, char_tokenizer,
@@ -59,3 +61,14 @@ def test_cli_refuses_an_adapter_trained_for_another_base(tiny, tiny_model_dir, t
     err = capsys.readouterr().err
     assert code == 2
     assert "error: adapter 'other' was trained on qwen2.5-1.5b" in err and "retrain" in err
+
+
+def test_answer_metrics_tell_a_right_answer_from_a_wrong_or_degenerate_one():
+    from finetune.data import Record
+    from finetune.evaluate import answer_metrics
+
+    records = [Record("什么是 Debian？", "", "Debian 是一个自由的操作系统。")] * 3
+    right = answer_metrics(records[:1], ["Debian 是自由的操作系统。"])
+    assert right["correct"] == 1.0 and right["f1"] > 0.8 and right["degenerate"] == 0.0
+    wrong = answer_metrics(records[:2], ["它是一种软件包格式。", "什么是 Debian？"])
+    assert wrong["correct"] == 0.0 and wrong["degenerate"] == 0.5  # the echo is degenerate
