@@ -38,6 +38,7 @@ from typing import Sequence
 
 from kbcore.types import Answer, Citation
 from llm.checks import degenerate_reason, fold
+from retrieval.harness import QAItem
 
 # A reference-only item (the FAQ's section openings) counts as answered when the answer recalls this share of
 # the reference's characters.
@@ -45,14 +46,11 @@ REFERENCE_RECALL = 0.5
 
 
 @dataclass(frozen=True)
-class AnswerItem:
-    id: str
-    question: str
-    source: str | None = None
-    pages: tuple[int, ...] = ()
-    facts: tuple[str, ...] = ()
-    require_all: bool = False
-    reference: str | None = None
+class AnswerItem(QAItem):
+    """A retrieval QA item whose ``answers`` are the facts a correct answer states, and more."""
+
+    require_all: bool = False  # every one of ``answers``, not any one
+    reference: str | None = None  # a reference answer, for items with no short facts
     answerable: bool = True
 
 
@@ -70,7 +68,7 @@ def load_items(path: str | Path) -> list[AnswerItem]:
                 items.append(AnswerItem(
                     id=str(raw.get("id", line_no)), question=raw["question"], source=raw.get("source"),
                     pages=tuple(int(p) for p in raw.get("pages") or ()),
-                    facts=tuple(raw.get("facts") or raw.get("answers") or ()),
+                    answers=tuple(raw.get("facts") or raw.get("answers") or ()),
                     require_all=raw.get("require") == "all",
                     reference=reference if isinstance(reference, str) else None,
                     answerable=bool(raw.get("answerable", True))))
@@ -98,12 +96,12 @@ def char_recall_f1(reference: str, answer: str) -> tuple[float, float]:
 def states_facts(item: AnswerItem, text: str) -> bool:
     """Whether ``text`` states the item's gold facts (any one, or all with ``require_all``).
 
-    >>> item = AnswerItem("q", "多少天？", facts=("十五日",))
+    >>> item = AnswerItem("q", "多少天？", answers=("十五日",))
     >>> states_facts(item, "应当在15日内提出。"), states_facts(item, "应当在五日内提出。")
     (True, False)
     """
     answer = fold(text)
-    found = [fold(f) in answer for f in item.facts]
+    found = [fold(f) in answer for f in item.answers]
     return all(found) if item.require_all else any(found)
 
 
@@ -114,7 +112,7 @@ def citation_is_precise(citation: Citation, passage_text: str, item: AnswerItem)
     if item.pages and set(citation.pages) & set(item.pages):
         return True
     text = fold(passage_text)
-    return any(fold(f) in text for f in item.facts) or not (item.pages or item.facts)
+    return any(fold(f) in text for f in item.answers) or not (item.pages or item.answers)
 
 
 @dataclass
@@ -143,7 +141,7 @@ def grade(item: AnswerItem, answer: Answer, seconds: float) -> Grade:
         correct = refused
     elif refused:
         correct = False
-    elif item.facts:
+    elif item.answers:
         correct = states_facts(item, answer.text)
     else:
         correct = recall is not None and recall >= REFERENCE_RECALL

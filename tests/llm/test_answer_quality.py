@@ -62,7 +62,7 @@ def test_no_loop_and_the_right_judgment_read(judgments):
     answerer, qa = judgments
     for qid in ("judgment-01-q2", "judgment-02-q1", "judgment-06-q1", "judgment-08-q2"):
         q = qa[qid]
-        item = AnswerItem(qid, q["question"], source=q["source"], pages=tuple(q["pages"]), facts=tuple(q["facts"]))
+        item = AnswerItem(qid, q["question"], source=q["source"], pages=tuple(q["pages"]), answers=tuple(q["facts"]))
         result = answerer.answer(q["question"])
         shown_well(result, item)
         assert all(c.source == q["source"] for c in result.citations)

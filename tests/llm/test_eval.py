@@ -11,7 +11,7 @@ PASSAGE = Hit(Chunk(7, 1, "zhengfu-caigou-fa.pdf", 3, 5, 5, "政府采购法", "
               1.0, dense=0.95)
 ELSEWHERE = Hit(Chunk(9, 2, "zhaobiao-toubiao-fa.pdf", 4, 6, 6, "招标投标法", "第四十六条 自中标通知书发出之日起三十日内订立书面合同。"),
                 0.9, dense=0.93)
-ITEM = AnswerItem("q", "中标通知书发出后多少天内签合同？", source="zhengfu-caigou-fa.pdf", pages=(5,), facts=("三十日内",))
+ITEM = AnswerItem("q", "中标通知书发出后多少天内签合同？", source="zhengfu-caigou-fa.pdf", pages=(5,), answers=("三十日内",))
 
 
 def cite(hit, index=1):
@@ -52,7 +52,7 @@ def test_degenerate_answers_are_counted(text):
 
 
 def test_list_items_need_every_part_and_references_need_recall():
-    listing = AnswerItem("l", "供应商要什么条件？", facts=("商业信誉", "财务会计制度"), require_all=True)
+    listing = AnswerItem("l", "供应商要什么条件？", answers=("商业信誉", "财务会计制度"), require_all=True)
     assert grade(listing, answer("具有良好的商业信誉和健全的财务会计制度[1]。", PASSAGE), 1.0).correct
     assert not grade(listing, answer("具有良好的商业信誉[1]。", PASSAGE), 1.0).correct
     faq = AnswerItem("f", "什么是 Debian？", reference="Debian 是一个自由的操作系统。")
@@ -76,7 +76,7 @@ def test_question_sets_load_with_their_gold(tmp_path):
         {"id": "b", "question": "?", "answerable": False},
         {"id": "c", "question": "?", "answer": "参考答案", "answers": ["甲", "乙"], "require": "all"}]), "utf-8")
     a, b, c = load_items(path)
-    assert a.facts == ("短",) and a.pages == (2,) and not b.answerable and c.require_all and c.reference == "参考答案"
+    assert a.answers == ("短",) and a.pages == (2,) and not b.answerable and c.require_all and c.reference == "参考答案"
     path.write_text('{"id": "x"}\n', "utf-8")
     with pytest.raises(ValueError, match="qa.jsonl:1"):
         load_items(path)
@@ -87,5 +87,5 @@ def test_the_shipped_answer_sets_load(eval_dir):
 
     root = Path(__file__).resolve().parents[1] / "data" / "answers"
     facts, none = load_items(root / "facts.jsonl"), load_items(root / "unanswerable.jsonl")
-    assert len(facts) >= 150 and all(i.facts and i.source and i.pages for i in facts)
+    assert len(facts) >= 150 and all(i.answers and i.source and i.pages for i in facts)
     assert len(none) >= 40 and not any(i.answerable for i in none)
