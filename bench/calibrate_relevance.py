@@ -1,12 +1,13 @@
 """Calibrates ``llm.min_relevance``: the best dense cosine below which the answer is "not in the documents".
 
-    .venv/bin/python bench/calibrate_relevance.py --kb KB --answerable A.jsonl [...] --unanswerable U.jsonl [...]
-        [--max-false-refusals 0.03]
+    .venv/bin/python bench/calibrate_relevance.py --kb KB --answerable A.jsonl[@OTHER_KB] [...]
+        --unanswerable U.jsonl [...] [--max-false-refusals 0.015]
 
 For each candidate threshold it prints the share of answerable questions that would be refused (false refusals)
 and of unanswerable ones that would be (right refusals), and recommends the highest threshold whose false
 refusals stay within ``--max-false-refusals`` on every answerable set. The last line is one JSON object.
-Retrieval only: no model is loaded. The sets the default was calibrated on are in tests/data/answers and
+A set given as ``PATH@KB`` is asked of that knowledge base instead of ``--kb`` (the look-alike judgments have
+their own). Retrieval only: no model is loaded. The sets the default was calibrated on are in tests/data/answers and
 ../shared/eval/qa (see bench/README.md); recalibrate for another embedding model or a very different corpus.
 """
 
@@ -41,10 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings(args.config)
-    retriever = open_retriever(settings, args.kb)
-    k = settings.retrieval.top_k
-    answerable = {Path(p).stem: best_cosines(retriever, p, k) for p in args.answerable}
-    unanswerable = [c for p in args.unanswerable for c in best_cosines(retriever, p, k)]
+    retrievers: dict[str, object] = {}
+
+    def cosines(spec: str) -> list[float]:
+        path, _, kb = spec.partition("@")
+        kb = kb or args.kb
+        if kb not in retrievers:
+            retrievers[kb] = open_retriever(settings, kb)
+        return best_cosines(retrievers[kb], path, settings.retrieval.top_k)
+
+    answerable = {Path(spec.partition("@")[0]).stem: cosines(spec) for spec in args.answerable}
+    unanswerable = [c for spec in args.unanswerable for c in cosines(spec)]
     candidates = sorted({round(c, 3) for cs in answerable.values() for c in cs} | {settings.llm.min_relevance})
 
     def refused(cosines, threshold):
