@@ -81,7 +81,8 @@ def select_passages(question: str, hits: Sequence[Hit], limit: int) -> list[Hit]
     return sorted(passages, key=lambda h: (order.index(h.source), h.chunk.ordinal))
 
 
-_QUANTITY = re.compile(r"多少|几|多久|多长|多大|比例|期限|金额|how (?:many|much|long)", re.IGNORECASE)
+_QUANTITY = re.compile(r"多少|几|多久|多长|多大|比例|期限|金额|哪[一]?天|何时|什么时候|日期|how (?:many|much|long)|when",
+                       re.IGNORECASE)
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]?")
 
 
@@ -96,6 +97,8 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200) -> tuple[i
     best, best_score = None, 0
     for i, hit in enumerate(passages):
         for sentence in _SENTENCE.findall(hit.text):
+            if len(content_of(sentence)) < 8:  # a title or a heading says nothing the question asks
+                continue
             score = len(asked & bigrams(content_of(sentence)))
             if score and wants_number and numbers_in(sentence):
                 score += 2  # the question asks for an amount, a count or a time, and this sentence gives one
