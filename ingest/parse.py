@@ -201,14 +201,18 @@ def _parse_pdf(path: Path, limits: LimitSettings) -> ParsedDocument:
             raise ParseError(path, f"not a PDF file: the content is {_describe_bytes(head)}")
         if pdf.needs_pass or pdf.is_encrypted:
             raise ParseError(path, "encrypted PDF: it needs a password; save an unencrypted copy to ingest it")
-        if pdf.page_count == 0:
+        try:  # a damaged page tree can make even the count fail ("Invalid number of pages", found by the fuzz pass)
+            page_count = pdf.page_count
+        except Exception as exc:
+            raise ParseError(path, f"damaged PDF: its pages cannot be counted ({exc})") from None
+        if page_count == 0:
             raise ParseError(path, "truncated or damaged PDF: no pages could be read")
-        if pdf.page_count > limits.max_pages:
-            raise ParseError(path, f"{pdf.page_count:,} pages, over the limit of {limits.max_pages:,} "
+        if page_count > limits.max_pages:
+            raise ParseError(path, f"{page_count:,} pages, over the limit of {limits.max_pages:,} "
                                    f"(setting limits.max_pages)")
         pages: list[Page] = []
         tables = chars = 0
-        for number in range(1, pdf.page_count + 1):
+        for number in range(1, page_count + 1):
             try:  # loading a page can fail too (a cycle in the page tree)
                 text, found = _page_text(pdf.load_page(number - 1))
             except Exception as exc:

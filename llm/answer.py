@@ -142,8 +142,8 @@ class Answerer:
             return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=prepared.question,
                           search_query=prepared.search_query)
         text = text.strip()
-        if not text or NOT_FOUND["zh"].rstrip("。") in text or NOT_FOUND["en"].rstrip(".") in text:
-            return Answer(text=text or NOT_FOUND[language], hits=prepared.hits, found=False,
+        if NOT_FOUND["zh"].rstrip("。") in text or NOT_FOUND["en"].rstrip(".") in text:
+            return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False,
                           question=prepared.question, search_query=prepared.search_query)
         passages, question = prepared.passages, prepared.question
         sources = [h.source for h in passages]
@@ -153,11 +153,12 @@ class Answerer:
         elif degenerate is None:
             cited_text, citations, unsupported = attribute(text, passages, question)
             cited = {c.chunk_id for c in citations}
-            if not unsupported_numbers(text, [h.text for h in passages if h.chunk.id in cited or not cited], question):
+            if cited and not unsupported_numbers(text, [h.text for h in passages if h.chunk.id in cited], question):
                 return Answer(text=cited_text, citations=citations, hits=prepared.hits, found=True,
                               question=question, search_query=prepared.search_query,
                               unsupported=tuple(unsupported))
-            # A number no passage it cites holds: the 0.5B took it from nowhere or from the wrong law.
+            # Nothing of it in any passage, or a number no passage it cites holds: the 0.5B took it from nowhere
+            # or from the wrong law.
             degenerate = "unsupported"
         if degenerate != "loop":
             # No usable answer from the model: show the passage sentence that best matches the question, marked

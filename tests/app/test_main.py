@@ -276,7 +276,7 @@ def test_document_text_is_shown_as_text_not_markdown(app, app_env, tmp_path):
     assert results_table(at)[0]["status"] == "added"
     ask(at, "供应商参加政府采购应当具备什么能力？")
     shown = [m.value for m in at.markdown]
-    assert any("attacker" in text for text in shown)  # the passage is shown ...
+    assert any("attacker" in text for text in shown), shown  # the passage is shown ...
     parser = MarkdownIt("commonmark")
     for text in shown:  # ... but nothing in it becomes a link, an image or HTML
         kinds = {t.type for block in parser.parse(text) for t in (block.children or [])} | \

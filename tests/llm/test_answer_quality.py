@@ -27,7 +27,7 @@ def judgments(settings, tmp_path_factory):
     from retrieval import open_retriever
 
     folder = tmp_path_factory.mktemp("judgments")
-    qa = write_judgments(folder / "docs", count=12)
+    qa = write_judgments(folder / "docs", count=24)  # the set llm.eval measured (bench/README.md)
     ingest_folder(folder / "docs", settings, kb_path=folder / "kb")
     return Answerer(settings, open_retriever(settings, folder / "kb")), {q["id"]: q for q in qa}
 
