@@ -38,7 +38,7 @@ from typing import Sequence
 
 from kbcore.types import Answer, Citation
 from llm.checks import degenerate_reason, fold
-from retrieval.harness import QAItem
+from retrieval.harness import QAItem, read_items
 
 # A reference-only item (the FAQ's section openings) counts as answered when the answer recalls this share of
 # the reference's characters.
@@ -57,24 +57,16 @@ class AnswerItem(QAItem):
 def load_items(path: str | Path) -> list[AnswerItem]:
     """Question sets in ../shared/eval's QA format, plus ``answerable``, ``require`` and ``facts`` (gold facts
     for answers where ``answers`` are the retrieval hit rule's longer phrases)."""
-    items = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                reference = raw.get("reference", raw.get("answer"))
-                items.append(AnswerItem(
-                    id=str(raw.get("id", line_no)), question=raw["question"], source=raw.get("source"),
-                    pages=tuple(int(p) for p in raw.get("pages") or ()),
-                    answers=tuple(raw.get("facts") or raw.get("answers") or ()),
-                    require_all=raw.get("require") == "all",
-                    reference=reference if isinstance(reference, str) else None,
-                    answerable=bool(raw.get("answerable", True))))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{line_no}: not a question item ({exc})") from None
-    return items
+    def make(raw: dict, line_no: int) -> AnswerItem:
+        reference = raw.get("reference", raw.get("answer"))
+        return AnswerItem(id=str(raw.get("id", line_no)), question=raw["question"], source=raw.get("source"),
+                          pages=tuple(int(p) for p in raw.get("pages") or ()),
+                          answers=tuple(raw.get("facts") or raw.get("answers") or ()),
+                          require_all=raw.get("require") == "all",
+                          reference=reference if isinstance(reference, str) else None,
+                          answerable=bool(raw.get("answerable", True)))
+
+    return read_items(path, make)
 
 
 def char_recall_f1(reference: str, answer: str) -> tuple[float, float]:

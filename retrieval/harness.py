@@ -53,20 +53,24 @@ def _norm(text: str) -> str:
     return _SPACE.sub("", unicodedata.normalize("NFKC", text))
 
 
-def load_qa(path: str | Path) -> list[QAItem]:
+def read_items(path: str | Path, make: Callable[[dict, int], object]) -> list:
+    """``make(raw, line_no)`` for each JSON line of a question set; a bad line raises ValueError naming it."""
     items = []
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                raw = json.loads(line)
-                items.append(QAItem(id=str(raw.get("id", line_no)), question=raw["question"],
-                                    source=raw.get("source"), pages=tuple(raw.get("pages") or ()),
-                                    answers=tuple(raw.get("answers") or ())))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{line_no}: not a QA item ({exc})") from None
+                items.append(make(json.loads(line), line_no))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{line_no}: not a question item ({exc})") from None
     return items
+
+
+def load_qa(path: str | Path) -> list[QAItem]:
+    return read_items(path, lambda raw, line_no: QAItem(
+        id=str(raw.get("id", line_no)), question=raw["question"], source=raw.get("source"),
+        pages=tuple(raw.get("pages") or ()), answers=tuple(raw.get("answers") or ())))
 
 
 def is_hit(hit: Hit, item: QAItem) -> bool:
