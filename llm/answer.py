@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from kbcore.config import LLMSettings, Settings
 from kbcore.types import Answer, Citation, Hit
-from llm.checks import degenerate_reason, trim_loop, unsupported_numbers
+from llm.checks import degenerate_reason, trim_loop
 from llm.citations import attribute
 from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
 from llm.forward import model_forward
@@ -148,29 +148,29 @@ class Answerer:
         passages, question = prepared.passages, prepared.question
         sources = [h.source for h in passages]
         degenerate = degenerate_reason(text, question, sources)
-        if degenerate == "loop" and degenerate_reason(trim_loop(text), question, sources) is None:
-            text, degenerate = trim_loop(text), "loop"
-        elif degenerate is None:
-            cited_text, citations, unsupported = attribute(text, passages, question)
-            cited = {c.chunk_id for c in citations}
-            if cited and not unsupported_numbers(text, [h.text for h in passages if h.chunk.id in cited], question):
-                return Answer(text=cited_text, citations=citations, hits=prepared.hits, found=True,
-                              question=question, search_query=prepared.search_query,
-                              unsupported=tuple(unsupported))
+        if degenerate is None:
+            found = attribute(text, passages, question)
+            if found.citations and not found.numbers:
+                return self._answer(prepared, found)
             # Nothing of it in any passage, or a number no passage it cites holds: the 0.5B took it from nowhere
             # or from the wrong law.
             degenerate = "unsupported"
-        if degenerate != "loop":
+        usable = trim_loop(text) if degenerate == "loop" else None
+        if usable is None or degenerate_reason(usable, question, sources) is not None:
             # No usable answer from the model: show the passage sentence that best matches the question, marked
             # as a quote, rather than the model's output or a guess.
             quoted = quote(question, passages)
             if quoted is None:
                 return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=question,
                               search_query=prepared.search_query, degenerate=degenerate)
-            text = QUOTED[language] + quoted[1]
-        text, citations, unsupported = attribute(text, passages, question)
-        return Answer(text=text, citations=citations, hits=prepared.hits, found=True, question=question,
-                      search_query=prepared.search_query, degenerate=degenerate, unsupported=tuple(unsupported))
+            usable = QUOTED[language] + quoted[1]
+        return self._answer(prepared, attribute(usable, passages, question), degenerate)
+
+    @staticmethod
+    def _answer(prepared: Prepared, found, degenerate: str | None = None) -> Answer:
+        return Answer(text=found.text, citations=found.citations, hits=prepared.hits, found=True,
+                      question=prepared.question, search_query=prepared.search_query, degenerate=degenerate,
+                      unsupported=tuple(found.unsupported))
 
 
 @lru_cache(maxsize=8)

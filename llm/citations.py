@@ -8,17 +8,17 @@ evidence: every passage on the topic shares that.
 >>> from kbcore.types import Chunk, Hit
 >>> hits = [Hit(Chunk(1, 1, "a.pdf", 0, 3, 3, "", "第十条 期限为十五日。"), 1.0),
 ...         Hit(Chunk(2, 1, "b.pdf", 1, 4, 5, "", "第九条 保证金不超过百分之二。"), 0.5)]
->>> text, cites, unsupported = attribute("保证金不得超过2%。期限是15日[7]。", hits, "保证金和期限是多少？")
->>> text
+>>> found = attribute("保证金不得超过2%。期限是15日[7]。", hits, "保证金和期限是多少？")
+>>> found.text
 '保证金不得超过2%[1]。期限是15日[2]。'
->>> [(c.index, c.source, c.pages) for c in cites], unsupported
+>>> [(c.index, c.source, c.pages) for c in found.citations], found.unsupported
 ([(1, 'b.pdf', [4, 5]), (2, 'a.pdf', [3])], [])
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from kbcore.types import Citation, Hit
 from llm.checks import bigrams, content_of, numbers_in, unsupported_numbers
@@ -55,11 +55,20 @@ def best_passage(sentence: str, passages: Sequence[tuple[set[str], set[str]]], q
     return (best, shares[best]) if best is not None else (None, 0.0)
 
 
-def attribute(text: str, passages: Sequence[Hit], question: str = ""
-              ) -> tuple[str, list[Citation], list[str]]:
-    """``text`` with a ``[n]`` after each run of sentences that one passage supports, the cited passages
-    (numbered in citing order), and what the cited passages do not hold: sentences no passage supports and
-    numbers missing from the passages cited."""
+class Attribution(NamedTuple):
+    text: str  # the answer with a [n] after each run of sentences that one passage supports
+    citations: list[Citation]  # the cited passages, numbered in citing order
+    sentences: list[str]  # sentences no passage supports
+    numbers: list[str]  # numbers the cited passages do not hold
+
+    @property
+    def unsupported(self) -> list[str]:
+        return self.sentences + self.numbers
+
+
+def attribute(text: str, passages: Sequence[Hit], question: str = "") -> Attribution:
+    """Cite, for each run of sentences of ``text``, the passage that supports it, and say what the cited passages
+    do not hold."""
     text = _MARKER.sub("", text).strip()
     grams = [(bigrams(content_of(h.text)), set(numbers_in(h.text))) for h in passages]
     asked = bigrams(content_of(question))
@@ -84,8 +93,9 @@ def attribute(text: str, passages: Sequence[Hit], question: str = ""
             piece = f"{body}[{order.index(source) + 1}]{piece[len(body):]}"
         out.append(piece)
     cited = [passages[i] for i in order]
-    unsupported += unsupported_numbers(text, [h.text for h in cited], question) if cited else []
-    return "".join(out), [_citation(n, hit) for n, hit in enumerate(cited, start=1)], unsupported
+    numbers = unsupported_numbers(text, [h.text for h in cited], question) if cited else []
+    return Attribution("".join(out), [_citation(n, hit) for n, hit in enumerate(cited, start=1)], unsupported,
+                       numbers)
 
 
 def supporting_passage(text: str, passages: Sequence[Hit], min_overlap: float = 0.35) -> int | None:
