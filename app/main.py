@@ -194,7 +194,11 @@ def show_citations(message):
     if message.get("search_query"):
         st.caption(f"Searched for / 检索: {message['search_query']}")
     if not message.get("found", True):
-        st.info("Not in the documents: nothing relevant was found, so no answer was made up. / 文档中没有找到相关内容。")
+        if message.get("unmentioned"):
+            names = "、".join(state.markdown_escape(n) for n in message["unmentioned"])
+            st.info(f"Not in the documents: they never mention {names}, so no answer was made up. / 文档中没有提到：{names}。")
+        else:
+            st.info("Not in the documents: nothing relevant was found, so no answer was made up. / 文档中没有找到相关内容。")
         return
     if message.get("unsupported"):
         # The answer stage could not find these in the passages it cites (llm.checks): say so, don't assert them.
@@ -266,7 +270,7 @@ def chat_view(settings, kb_path):
         # For a follow-up the search used the question joined to the previous one: show that, it explains the hits.
         searched = answer.search_query if answer.search_query and answer.search_query != question else ""
         message = {"role": "assistant", "content": answer.text, "found": answer.found, "search_query": searched,
-                   "unsupported": list(answer.unsupported),
+                   "unsupported": list(answer.unsupported), "unmentioned": list(answer.unmentioned),
                    "citations": [{"label": state.citation_label(c), "snippet": c.snippet} for c in answer.citations]}
         show_citations(message)
     messages += [{"role": "user", "content": question}, message]

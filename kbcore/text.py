@@ -43,6 +43,14 @@ def _jieba():
     return jieba
 
 
+def tagged_words(text: str) -> list[tuple[str, str]]:
+    """jieba's words of ``text`` with their part-of-speech tags (``ns`` place, ``nt`` organisation, ...)."""
+    _jieba()
+    import jieba.posseg
+
+    return [(w.word, w.flag) for w in jieba.posseg.cut(text)]
+
+
 def search_tokens(text: str) -> list[str]:
     """Tokens for BM25: on CJK runs jieba's search-engine mode (words and their sub-words) and then every
     character bigram of the run; lower-cased alphanumeric words elsewhere; stop words dropped.

@@ -109,3 +109,5 @@ class Answer:
     degenerate: str | None = None
     # Claims of the answer (numbers) that its cited passages do not contain: shown to the user as unverified.
     unsupported: tuple[str, ...] = ()
+    # Names the question asks about that no document mentions: why it was not answered.
+    unmentioned: tuple[str, ...] = ()

@@ -2,7 +2,8 @@
 
 Why a relevance threshold rather than trusting the model: both small Qwen models make up answers when the
 context holds none, and a prompt strict enough to stop that makes them refuse everything. So the decision is
-taken before generation, on the best hit's dense cosine (``settings.llm.min_relevance``).
+taken before generation: on the best hit's dense cosine (``settings.llm.min_relevance``), and on the names the
+question asks about (a program, a standard, a year, a city) that no document mentions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from llm.citations import attribute
 from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
 from llm.forward import model_forward
 from llm.models import LoadedModel, load_model
-from llm.passages import quote, select_passages
-from llm.prompts import NOT_FOUND, QUOTED, build_messages, language_of, render_prompt
+from llm.passages import asked_names, quote, select_passages
+from llm.prompts import NOT_FOUND, QUOTED, UNMENTIONED, build_messages, language_of, render_prompt
 
 # Signs that a question leans on the previous turn: "and what about", pronouns, "this/that article", a trailing 呢.
 _FOLLOW_UP = re.compile(
@@ -59,6 +60,7 @@ class Prepared:
     hits: list[Hit]
     passages: list[Hit]
     prompt: str | None  # None: nothing relevant, answer "not found" without generating
+    unmentioned: tuple[str, ...] = ()  # names the question asks about that no document mentions
 
 
 class Answerer:
@@ -86,6 +88,10 @@ class Answerer:
         best = max((h.dense if h.dense is not None else h.score for h in hits), default=None)
         if best is None or best < cfg.min_relevance:
             return Prepared(question, query, hits, [], None)
+        mentions = getattr(self.retriever, "mentions", None)
+        unmentioned = tuple(n for n in asked_names(query) if mentions and not mentions(n))
+        if unmentioned:
+            return Prepared(question, query, hits, [], None, unmentioned)
         passages, prompt = self.fit_prompt(question, select_passages(query, hits, cfg.max_passages), history)
         return Prepared(question, query, hits, passages, prompt)
 
@@ -139,8 +145,11 @@ class Answerer:
     def finish(self, prepared: Prepared, text: str) -> Answer:
         language = language_of(prepared.question)
         if prepared.prompt is None:
-            return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=prepared.question,
-                          search_query=prepared.search_query)
+            names = "、".join(prepared.unmentioned)
+            why = UNMENTIONED[language].format(names=names) if names else ""
+            return Answer(text=NOT_FOUND[language] + why, hits=prepared.hits, found=False,
+                          question=prepared.question, search_query=prepared.search_query,
+                          unmentioned=prepared.unmentioned)
         text = text.strip()
         if NOT_FOUND["zh"].rstrip("。") in text or NOT_FOUND["en"].rstrip(".") in text:
             return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False,

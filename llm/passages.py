@@ -1,4 +1,5 @@
-"""What the reader sees: the retrieved passages a small model is given, and the quote it falls back on.
+"""What the reader sees: the retrieved passages a small model is given, the quote it falls back on, and the
+names a question asks about that the documents must hold before anything is read.
 
 A 0.5B model reads three passages of one document far better than five from several: it took facts from a
 neighbouring judgment, or merged two laws' deadlines. So the passages are deduplicated, passages of another
@@ -19,9 +20,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from kbcore.text import document_opening
+from kbcore.text import document_opening, tagged_words
 from kbcore.types import Hit
 from llm.checks import bigrams, content_of, numbers_in
+from llm.prompts import language_of
 
 # Characters of a document's head that hold its identity block (kbcore.config.ChunkSettings.opening_chars).
 IDENTITY_CHARS = 150
@@ -105,3 +107,39 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200) -> tuple[i
             if score > best_score:
                 best, best_score = (i, sentence.strip()[:longest]), score
     return best
+
+
+_LATIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[._+-][A-Za-z0-9]+)*")
+_YEAR = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2}) ?年")
+# Units are not names: "多少 MB" asks about a size, whatever unit the documents write it in.
+_UNITS = frozenset("kb mb gb tb pb kg km cm mm ms hz khz mhz ghz kw kwh".split())
+# Places by their administrative suffix: "深圳市政府" asks about 深圳.
+_PLACE_SUFFIXES = ("自治区", "自治州", "省", "市", "县")
+
+
+def asked_names(question: str) -> list[str]:
+    """The names a Chinese question is about that any answer must find in the documents: Latin-script names
+    (software, standards, organisations), years, and places named with their administrative suffix.
+
+    The threshold on the best hit cannot refuse these: "怎样安装 Flatpak 应用" lies close to every passage on
+    installing software. English questions give none, since most of their words are ordinary ones.
+
+    >>> asked_names("在 Debian 上怎样安装和使用 Flatpak 应用？")
+    ['Debian', 'Flatpak']
+    >>> asked_names("深圳市政府采购评审专家的劳务报酬是多少？2024年有变化吗？多少 MB？")
+    ['2024', '深圳']
+    >>> asked_names("How do I install Flatpak?")
+    []
+    """
+    if language_of(question) != "zh":
+        return []
+    names = [m.group() for m in _LATIN_NAME.finditer(question)
+             if len(m.group()) >= 2 and m.group().lower() not in _UNITS]
+    names += [m.group(1) for m in _YEAR.finditer(question)]
+    for word, flag in tagged_words(question):
+        if flag in ("ns", "nt"):
+            cut = min((word.find(s, 2) for s in _PLACE_SUFFIXES if word.find(s, 2) >= 2), default=-1)
+            if cut >= 2:
+                names.append(word[:cut])
+    return list(dict.fromkeys(names))
+

@@ -25,6 +25,8 @@ from typing import Sequence
 from kbcore.types import Hit
 
 NOT_FOUND = {"zh": "文档中没有找到相关内容。", "en": "The documents do not contain an answer to this question."}
+# Follows NOT_FOUND when the question names something no document mentions (llm.passages.asked_names).
+UNMENTIONED = {"zh": "文档中没有提到：{names}。", "en": "The documents never mention: {names}."}
 # Opens an answer that quotes a passage because the model's own answer was unusable (llm.checks).
 QUOTED = {"zh": "资料原文：", "en": "From the documents: "}
 

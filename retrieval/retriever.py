@@ -168,6 +168,17 @@ class Retriever:
         hits = [replace(h, rank=i + 1, opening=self.opening(h.chunk)) for i, h in enumerate(hits)]
         return [self.widened(h) for h in hits]
 
+    def mentions(self, term: str) -> bool:
+        """Whether any chunk of the knowledge base holds ``term``'s search tokens (all of them; for ``Wi-Fi``,
+        ``wifi`` or ``wi`` and ``fi`` also count). A name no chunk holds cannot be what an answer talks about."""
+        vocabulary = self._lexical_index().vocabulary
+        tokens = search_tokens(term)
+        if not tokens:  # a stop word ("the", "in"): nothing to tell
+            return True
+        joined = [re.sub(r"[._+-]", "", t) for t in tokens]
+        parts = [p for t in tokens for p in re.split(r"[._+-]", t) if p]
+        return any(all(t in vocabulary for t in forms) for forms in (tokens, joined, parts) if forms)
+
     def opening(self, chunk: Chunk) -> str:
         """The identity block of the chunk's document (``kbcore.text.document_opening``), "" for the chunk that
         holds it or when the knowledge base was built without them."""

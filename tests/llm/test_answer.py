@@ -147,6 +147,22 @@ def test_nothing_relevant_answers_not_found_without_generating(tiny):
     assert not empty.found
 
 
+def test_a_question_about_a_name_no_document_mentions_is_refused_and_says_which(tiny, eval_retriever):
+    tiny_settings, loaded = tiny
+
+    class NoModel:
+        def __call__(self, *_, **__):
+            raise AssertionError("the model must not run for a name the documents never mention")
+
+    # Close to the FAQ's passages on installing packages, so only the name tells it cannot be answered.
+    answerer = Answerer(tiny_settings, eval_retriever, type(loaded)(NoModel(), loaded.tokenizer, "x", "x", "cpu"))
+    result = answerer.answer("在 Debian 上怎样安装和使用 Flatpak 应用？")
+    assert not result.found and result.unmentioned == ("Flatpak",) and result.citations == []
+    assert result.text == NOT_FOUND["zh"] + "文档中没有提到：Flatpak。"
+    # Names the documents do hold go on to the model.
+    assert Answerer(tiny_settings, eval_retriever, loaded).prepare("Debian 的 dpkg 是什么？").prompt is not None
+
+
 def test_citations_come_from_what_each_sentence_says_not_from_markers_the_model_wrote():
     passages = [hit(1, "第九条 采购文件保存十五年。"), hit(2, "第十条 保证金不超过采购预算的百分之二。", pages=(5, 5))]
     found = attribute("保证金最多2%[1]。文件要保存15年[9]。", passages, "保证金和保存期限？")

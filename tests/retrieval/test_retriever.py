@@ -47,6 +47,13 @@ def test_english_question_finds_the_debian_faq(eval_retriever):
     assert any(h.source == "debian-faq-zh-cn.pdf" for h in hits)
 
 
+def test_mentions_tells_names_the_documents_hold_from_names_they_never_use(eval_retriever):
+    for held in ("dpkg", "Debian", "apt-get", "SPI", "政府采购", "the"):
+        assert eval_retriever.mentions(held), held
+    for absent in ("Flatpak", "DebConf24", "riscv64", "深圳"):
+        assert not eval_retriever.mentions(absent), absent
+
+
 def test_context_window_merges_neighbours_without_repeating_overlap(eval_retriever):
     hit = eval_retriever.search(QUESTION, k=1)[0]
     merged = eval_retriever.context(hit.chunk, 1)
