@@ -167,9 +167,13 @@ def unsupported_numbers(text: str, passages: Sequence[str], question: str = "") 
     ['1070元']
     >>> unsupported_numbers("最长暂停三个月[1]。", ["第三条 暂停时间最长不得超过三十日。"])
     ['3个月']
+    >>> unsupported_numbers("自2021年7月1日起施行。", ["本办法自二〇二一年七月一日起施行。"])
+    []
     """
     seen = fold(question) + "\n" + "\n".join(fold(p) for p in passages)
-    return [n for n in numbers_in(text) if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])", seen)]
+    # "12" is not in "120", but "2021年" is in "2021年7月": only a bare number may not run on into digits.
+    return [n for n in numbers_in(text)
+            if not re.search(rf"(?<![\d.]){re.escape(n)}" + (r"(?![\d])" if n[-1].isdigit() else ""), seen)]
 
 
 def numbers_in(text: str) -> list[str]:
