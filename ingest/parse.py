@@ -1,4 +1,5 @@
-"""Turn a file into text with page numbers and headings: PDF, plain text, Markdown and HTML.
+"""Turn a file into text with page numbers and headings: PDF, plain text, Markdown, HTML, and Word, Excel
+and PowerPoint files (``ingest.office``: a slide is a page, a workbook row is a page numbered by its sheet).
 
 A PDF gives one ``Page`` per page (1-based numbers) and its outline (bookmarks) as headings. Tables found on
 a page are written out as rows of cells joined by `` | `` in reading order, so they are not scrambled.
@@ -32,11 +33,15 @@ from typing import Literal
 
 from kbcore.config import LimitSettings
 
-DocumentKind = Literal["pdf", "txt", "md", "html"]
+DocumentKind = Literal["pdf", "txt", "md", "html", "docx", "xlsx", "pptx"]
 
 SUPPORTED_SUFFIXES: dict[str, DocumentKind] = {
     ".pdf": "pdf", ".txt": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html",
+    ".docx": "docx", ".xlsx": "xlsx", ".pptx": "pptx",
 }
+# Old binary Office formats are not read, but they are taken up so that each fails saying how to convert it
+# rather than being skipped in silence.
+LEGACY_OFFICE_SUFFIXES = (".doc", ".xls", ".ppt")
 
 # Separates the cells of a table row in the extracted text; the cleaner never joins such lines.
 TABLE_CELL_SEPARATOR = " | "
@@ -83,7 +88,13 @@ class ParsedDocument:
 
 
 def is_supported(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
+    """Whether ingest takes the file up: a kind it reads, or an old Office file that fails with how to convert it.
+
+    >>> is_supported("报告.DOCX"), is_supported("旧表.xls"), is_supported("图.png")
+    (True, True, False)
+    """
+    suffix = Path(path).suffix.lower()
+    return suffix in SUPPORTED_SUFFIXES or suffix in LEGACY_OFFICE_SUFFIXES
 
 
 def parse_file(path: str | os.PathLike, limits: LimitSettings | None = None) -> ParsedDocument:
@@ -92,7 +103,7 @@ def parse_file(path: str | os.PathLike, limits: LimitSettings | None = None) -> 
     path = Path(path)
     limits = limits or LimitSettings()
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
-    if kind is None:
+    if kind is None and path.suffix.lower() not in LEGACY_OFFICE_SUFFIXES:
         raise UnsupportedFileError(path, f"unsupported file type {path.suffix or '(no extension)'!r}; "
                                          f"supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}")
     size = check_regular_file(path)
@@ -101,7 +112,15 @@ def parse_file(path: str | os.PathLike, limits: LimitSettings | None = None) -> 
     if size > limits.max_file_mb * 2**20:
         raise ParseError(path, f"file is {size / 2**20:.0f} MB, over the limit of {limits.max_file_mb} MB "
                                f"(setting limits.max_file_mb)")
-    if kind == "pdf":
+    if kind is None:  # an old binary Office file: the other unknown kinds were refused above
+        from ingest.office import legacy_reason  # ingest.office imports this module
+
+        raise ParseError(path, legacy_reason(path.suffix.lower()))
+    if kind in ("docx", "xlsx", "pptx"):
+        from ingest.office import parse_office
+
+        parsed = parse_office(path, kind, limits)
+    elif kind == "pdf":
         parsed = _parse_pdf(path, limits)
     else:
         # UTF-8 and GB18030 spend at most 4 bytes a character, so a bigger file holds too many characters.

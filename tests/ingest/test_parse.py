@@ -101,10 +101,10 @@ def test_each_bad_file_gets_its_own_reason(eval_dir, name, words):
 
 
 def test_unsupported_and_text_formats(tmp_path):
-    docx = tmp_path / "a.docx"
-    docx.write_bytes(b"PK\x03\x04 not really")
-    with pytest.raises(UnsupportedFileError, match="unsupported file type '.docx'"):
-        parse_file(docx)
+    odt = tmp_path / "a.odt"
+    odt.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(UnsupportedFileError, match="unsupported file type '.odt'"):
+        parse_file(odt)
 
     html = tmp_path / "page.html"
     html.write_text("<html><head><title>采购指南</title><style>p{}</style></head><body><h1>总则</h1>"
