@@ -149,7 +149,8 @@ def documents_view(settings):
     kb_path = settings.kb_path
     st.header(f"Documents in '{settings.kb_name}' / 文档")
     max_bytes = settings.app.max_upload_mb * 2**20
-    uploaded = st.file_uploader(f"Upload PDF, .txt, .md or .html (max {settings.app.max_upload_mb} MB each)",
+    uploaded = st.file_uploader(f"Upload PDF, Word, Excel, PowerPoint, .txt, .md or .html "
+                                f"(max {settings.app.max_upload_mb} MB each)",
                                 type=[s.lstrip(".") for s in state.SUPPORTED_SUFFIXES], accept_multiple_files=True,
                                 key=f"uploader-{st.session_state.get('uploader_round', 0)}")
     if st.button("Ingest uploaded files / 导入", disabled=not uploaded, key="ingest_uploads"):
@@ -269,9 +270,11 @@ def chat_view(settings, kb_path):
             return
         # For a follow-up the search used the question joined to the previous one: show that, it explains the hits.
         searched = answer.search_query if answer.search_query and answer.search_query != question else ""
+        headings = {h.chunk.id: h.heading for h in answer.hits}  # a workbook citation names its sheet by it
         message = {"role": "assistant", "content": answer.text, "found": answer.found, "search_query": searched,
                    "unsupported": list(answer.unsupported), "unmentioned": list(answer.unmentioned),
-                   "citations": [{"label": state.citation_label(c), "snippet": c.snippet} for c in answer.citations]}
+                   "citations": [{"label": state.citation_label(c, headings.get(c.chunk_id, "")),
+                                  "snippet": c.snippet} for c in answer.citations]}
         show_citations(message)
     messages += [{"role": "user", "content": question}, message]
 
