@@ -3,7 +3,7 @@
     python -m finetune train --data TRAIN.jsonl --out adapters/NAME [--max-steps N] [--resume] [--kb KB]
     python -m finetune eval --adapter adapters/NAME --data HELDOUT.jsonl [--limit N]
     python -m finetune merge --adapter adapters/NAME --out models/NAME
-    python -m finetune build-data --kb KB --out X.jsonl
+    python -m finetune build-data --kb KB --out X.jsonl [--questions N [--writer qwen2.5-1.5b]]
 """
 
 from __future__ import annotations
@@ -80,10 +80,29 @@ def cmd_build_data(args, settings) -> int:
 
     records = build_from_kb(KnowledgeBase(args.kb, readonly=True), refusal_ratio=args.refusal_ratio,
                             seed=settings.finetune.seed)
+    if args.questions:
+        records += _reading_pairs(args, settings)
     n = write_jsonl(records, args.out)
     refusals = sum(1 for r in records if r.origin.startswith("kb-refusal"))
     print(f"{n} records ({refusals} refusals) written to {args.out}")
     return 0 if n else 1
+
+
+def _reading_pairs(args, settings):
+    """Questions the local model (or ``--writer``) writes about the knowledge base's sentences, answered from
+    what retrieval shows (finetune.reading)."""
+    from finetune.reading import build_reading_pairs, write_questions_with
+    from llm.answer import Answerer
+    from retrieval import open_retriever
+
+    retriever = open_retriever(settings, args.kb)
+    answerer = Answerer(settings, retriever)
+    writer = answerer
+    if args.writer and args.writer != settings.llm.model:
+        writer = Answerer(settings.with_overrides(llm={"model": args.writer}), retriever)
+    return build_reading_pairs(answerer, write_questions_with(writer), count=args.questions,
+                               refusal_ratio=args.refusal_ratio, seed=settings.finetune.seed,
+                               log=None if args.quiet else lambda line: print(line, file=sys.stderr))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--kb", required=True)
     build.add_argument("--out", required=True)
     build.add_argument("--refusal-ratio", type=float, default=0.25)
+    build.add_argument("--questions", type=int, default=0,
+                       help="also N reading pairs: questions the local model writes about the documents' sentences")
+    build.add_argument("--writer", help="model that writes those questions (default: the configured one; "
+                                        "the larger preset writes better ones)")
+    build.add_argument("--quiet", action="store_true")
     build.set_defaults(run=cmd_build_data)
 
     args = parser.parse_args(argv)
