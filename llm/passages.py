@@ -88,26 +88,39 @@ _QUANTITY = re.compile(r"多少|几|多久|多长|多大|比例|期限|金额|�
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]?")
 
 
-def quote(question: str, passages: Sequence[Hit], longest: int = 200) -> tuple[int, str] | None:
+def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share: float = 1 / 3
+          ) -> tuple[int, str] | None:
     """The passage sentence that shares most with the question, as (0-based passage, sentence): what the
-    answer stage shows, quoted, when the model's own answer is unusable."""
+    answer stage shows, quoted, when the model's own answer is unusable. None when even that sentence holds
+    under ``min_share`` of the question's words, or no number where the question asks for one: it would answer
+    something else, and "not found" is the honest reply.
+
+    >>> from kbcore.types import Chunk, Hit
+    >>> law = [Hit(Chunk(1, 1, "fa.pdf", 1, 3, 3, "法", "第四十六条 招标人应当在三十日内订立书面合同。"), 1.0)]
+    >>> quote("招标人要在多少天内订立书面合同？", law)
+    (0, '第四十六条 招标人应当在三十日内订立书面合同。')
+    >>> quote("投标保证金最多是多少？", law) is None
+    True
+    """
     asked = bigrams(content_of(question))
     # The parties or case number the question names are in every sentence of the right document's head:
     # what is asked about is the rest.
     asked -= set().union(*(bigrams(content_of(identity(h))) for h in passages))
     wants_number = bool(_QUANTITY.search(question))
-    best, best_score = None, 0
+    best, best_score, best_shared = None, 0, 0
     for i, hit in enumerate(passages):
         for sentence in _SENTENCE.findall(hit.text):
             if len(content_of(sentence)) < 8:  # a title or a heading says nothing the question asks
                 continue
-            score = len(asked & bigrams(content_of(sentence)))
+            shared = len(asked & bigrams(content_of(sentence)))
+            score = shared
             if score and wants_number and numbers_in(sentence):
                 score += 2  # the question asks for an amount, a count or a time, and this sentence gives one
             if score > best_score:
-                best, best_score = (i, sentence.strip()[:longest]), score
+                best, best_score, best_shared = (i, sentence.strip()[:longest]), score, shared
+    if best is None or best_shared < min_share * len(asked) or (wants_number and not numbers_in(best[1])):
+        return None
     return best
-
 
 _LATIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[._+-][A-Za-z0-9]+)*")
 _YEAR = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2}) ?年")
