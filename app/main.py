@@ -62,7 +62,7 @@ def sidebar(settings):
     view = sb.radio("View", ["Chat / 问答", "Documents / 文档"], key="view", horizontal=True)
 
     sb.subheader("Answer settings / 回答设置")
-    from llm.models import MODEL_PRESETS
+    from engine.models import MODEL_PRESETS
 
     models = list(MODEL_PRESETS)
     if settings.llm.model not in models:
@@ -78,7 +78,7 @@ def sidebar(settings):
                                      "fp16 gives the same answers as fp32 at the cost of speed.")
     adapters = [NO_ADAPTER]
     try:
-        from llm.adapters import list_adapters
+        from engine.adapters import list_adapters
 
         # The folder name, which is what the loader resolves (the metadata's name may differ).
         adapters += [a.path.name for a in list_adapters(settings.adapters_dir)]
@@ -244,7 +244,7 @@ def chat_view(settings, kb_path):
             else:
                 retriever = resources.get_retriever(settings, kb_path)
             if not resources.model_is_loaded(settings):
-                from llm.models import pick_device, resolve_quantization
+                from engine.models import pick_device, resolve_quantization
 
                 weights = resolve_quantization(settings.llm, pick_device(settings.llm), settings.cache_dir)
                 with st.spinner(f"Loading the language model {settings.llm.model} ({weights}); "
@@ -252,7 +252,7 @@ def chat_view(settings, kb_path):
                     loaded = resources.get_model(settings)
             else:
                 loaded = resources.get_model(settings)
-            from llm.answer import Answerer
+            from llm.answerer import Answerer
 
             answerer = Answerer(settings, retriever, loaded)
             with st.spinner("Searching the documents…"):

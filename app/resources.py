@@ -34,7 +34,7 @@ _open_retrievers: set[str] = set()
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _load_model(key: str, _llm: LLMSettings, _cache_dir: Path, _adapters_dir: Path):
-    from llm.models import load_model
+    from engine.models import load_model
 
     loaded = load_model(_llm, _cache_dir, adapters_dir=_adapters_dir)
     _loaded_models.add(key)

@@ -3,12 +3,12 @@
     .venv/bin/python bench/bench_llm.py [--modes nf4,nf4-bnb,bf16,int8,fp16,fp32] [--new-tokens 48] [--fresh-convert]
                                         [--generation app,transformers]
 
-``nf4-bnb`` is NF4 through bitsandbytes' own CPU layers instead of our kernel (``llm/nf4_kernel.c``). Each mode
+``nf4-bnb`` is NF4 through bitsandbytes' own CPU layers instead of our kernel (``engine/csrc/nf4_kernel.c``). Each mode
 runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
 left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes).
 The prompt is the real grounded prompt for a question, with retrieved passages from ../shared/eval/docs filling
-about 850 tokens. ``app`` generation is the answer stage's own (``Answerer.generate``: llm.decoding's loop over
-llm.forward, repetition penalty and first-token ban); ``--generation transformers`` runs the same settings
+about 850 tokens. ``app`` generation is the answer stage's own (``Answerer.generate``: engine.decoding's loop over
+engine.forward, repetition penalty and first-token ban); ``--generation transformers`` runs the same settings
 through ``model.generate`` with its own cache, processors and streamer, as a baseline. "TTFT" is for a prompt
 with nothing cached, "TTFT next" for the next question's prompt, which shares its opening (system prompt and
 chat template) with the one before. ``--fresh-convert`` also times the one-off conversion of the PyPI GGUF parts
@@ -74,11 +74,12 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
 
     from kbcore.config import load_settings
     from kbcore.embedding import load_embedder
-    from llm.answer import Answerer, on_compute_thread
-    from llm.models import load_model
+    from engine.generate import stream_from_compute_thread
+    from llm.answerer import Answerer
+    from engine.models import load_model
 
     quantization, _, variant = mode.partition("-")
-    # "nf4-bnb": NF4 through bitsandbytes' own CPU layers instead of llm/nf4_kernel.c, as a baseline.
+    # "nf4-bnb": NF4 through bitsandbytes' own CPU layers instead of engine/csrc/nf4_kernel.c, as a baseline.
     settings = load_settings().with_overrides(llm={"quantization": quantization, "nf4_kernel": variant != "bnb"})
     start = time.perf_counter()
     loaded = load_model(settings.llm, settings.cache_dir)
@@ -101,7 +102,7 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
         if generation == "transformers":
             pieces, running = transformers_generate(loaded, text, options)
         else:
-            pieces = on_compute_thread(loaded, lambda: answerer.generate(text, options))
+            pieces = stream_from_compute_thread(loaded, lambda: answerer.generate(text, options))
         first = None
         for piece in pieces:
             if first is None and piece:
@@ -122,14 +123,14 @@ def run_one(mode: str, new_tokens: int, generation: str) -> dict:
 def native_bf16() -> bool:
     import torch
 
-    from llm.models import cpu_has_native_bf16
+    from engine.models import cpu_has_native_bf16
 
     return torch.cuda.is_available() or cpu_has_native_bf16()
 
 
 def time_conversion() -> float:
     from kbcore.config import load_settings
-    from llm.models import resolve_model_dir
+    from engine.models import resolve_model_dir
 
     settings = load_settings()
     with tempfile.TemporaryDirectory() as cache:

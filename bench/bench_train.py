@@ -30,7 +30,7 @@ def one(kind: str, length: int, steps: int, baseline_dtype: str) -> dict:
     from finetune.data import Encoded, read_jsonl
     from finetune.train import TrainConfig, add_lora, answer_loss, collate, make_optimizer, peak_rss_mib
     from kbcore.config import load_settings
-    from llm.models import load_model, resolve_model_dir
+    from engine.models import load_model, resolve_model_dir
 
     settings = load_settings()
     config = TrainConfig()

@@ -2,7 +2,7 @@
 
 Decoding on a CPU is bound by the bytes of weight read per token, so int8 weights (a quarter of fp32's bytes)
 decode fast, and prompts run on fbgemm's int8 products, 1.3x float32's speed on AVX2 (NF4 weights, at half of
-int8's bytes, run on ``llm.nf4_cpu``'s kernel; see ``LLMSettings.quantization``). ``SharedProduct`` and
+int8's bytes, run on ``engine.nf4_cpu``'s kernel; see ``LLMSettings.quantization``). ``SharedProduct`` and
 ``fuse_projections`` serve both. Imported only when a model is loaded for the CPU: it needs torch.
 """
 

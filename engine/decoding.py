@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from llm.forward import Forward
+from engine.forward import Forward
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ each new token decodes. Two kinds, picked by ``model_forward``:
   previous one. On a CPU the model's forward spends as much time in Python
   as in everything but the matrix products: for the 0.5B on a 952-token prompt a decode step took 50 ms
   through transformers and 40 ms here, 31 of them in the int8 products (2-core AVX2 EPYC). One-token steps
-  then run their small operations in C (``llm.native``'s decode_ops) where it is built. It computes the same
+  then run their small operations in C (``engine.native``'s decode_ops) where it is built. It computes the same
   logits (the tests compare both on the same weights, with and without the C operations).
 """
 
@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from llm.cpu_kernels import PerTokenScaled, fused_linear
+from engine.cpu_kernels import PerTokenScaled, fused_linear
 
 # Architectures whose decoder layers match DecoderLayersForward: pre-norm RMSNorm, rotary attention with grouped
 # key/value heads, SiLU-gated MLP.
@@ -76,7 +76,7 @@ class PromptCache:
 
 class TransformersForward:
     def __init__(self, model, capacity: int):
-        from llm.kv_cache import preallocated_cache
+        from engine.kv_cache import preallocated_cache
 
         self.model = model
         self.cache = preallocated_cache(model.config, capacity)
@@ -105,7 +105,7 @@ class DecoderLayersForward:
     def __init__(self, model, capacity: int, prompt_cache: PromptCache | None = None, native=None):
         config = model.config
         self.prompt_cache = prompt_cache
-        # llm.native's library: one-token steps run its decode_ops (float32 models only).
+        # engine.native's library: one-token steps run its decode_ops (float32 models only).
         self.native = native
         self.model = model
         self.layers = list(model.model.layers)
@@ -199,7 +199,7 @@ class DecoderLayersForward:
         return attention.o_proj(out)
 
     def _native_prefill(self, rotated: torch.Tensor) -> bool:
-        """Whether a prompt's attention runs in llm.native's prefill_attention: 1.5x torch's (15.2 against
+        """Whether a prompt's attention runs in engine.native's prefill_attention: 1.5x torch's (15.2 against
         22.8 ms a layer for the 0.5B's 952-token prompt, 2-core AVX2 EPYC), as it skips every block of scores
         above the diagonal."""
         return (self.native is not None and rotated.dtype == torch.float32 and rotated.stride(-1) == 1
@@ -230,7 +230,7 @@ class DecoderLayersForward:
         return down(x)
 
     def _decode_token(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``_forward`` for one token with llm.native's decode_ops: the same arithmetic as the torch ops in
+        """``_forward`` for one token with engine.native's decode_ops: the same arithmetic as the torch ops in
         float32 (to rounding), without dispatching a dozen small operations per layer. The 0.5B's step on a
         2-core AVX2 EPYC: 38.8 -> 31.4 ms with NF4 weights, 45.2 -> 36.8 ms with int8."""
         native, layers, position = self.native, self.layers, self.length

@@ -133,9 +133,9 @@ class LoadedModel:
     adapter: str | None = None
     # The weight format actually in use ("auto" resolved): nf4, int8, fp16, bf16 or fp32.
     quantization: str = ""
-    # llm.forward.PromptCache of the last prompt, made on first use (generation runs on the compute thread only).
+    # engine.forward.PromptCache of the last prompt, made on first use (generation runs on the compute thread only).
     prompt_cache: object | None = None
-    # llm.native's C kernels on a CPU that runs them (None elsewhere): llm.forward decodes with them.
+    # engine.native's C kernels on a CPU that runs them (None elsewhere): engine.forward decodes with them.
     native: object | None = None
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
@@ -168,7 +168,7 @@ def disable_bf16_repacking(model) -> None:
 
 
 def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) -> str:
-    """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (llm/nf4_kernel.c: AVX2, FMA, a C
+    """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (engine/csrc/nf4_kernel.c: AVX2, FMA, a C
     compiler); int8 elsewhere (see ``LLMSettings.quantization`` for the measurements)."""
     if settings.quantization != "auto":
         return settings.quantization
@@ -179,7 +179,7 @@ def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) ->
 
 def nf4_kernels_run(settings: LLMSettings, cache_dir: Path) -> bool:
     """Whether NF4 on this CPU runs on our kernels: asked for (``nf4_kernel``) and buildable here."""
-    from llm.native import load_native
+    from engine.native import load_native
 
     return settings.nf4_kernel and load_native(cache_dir) is not None
 
@@ -188,7 +188,7 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from llm.native import load_native
+    from engine.native import load_native
 
     path = resolve_model_dir(settings, cache_dir)
     device = pick_device(settings)
@@ -225,16 +225,16 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
         return loaded
     model.eval()
     if settings.adapter:
-        from llm.adapters import apply_adapter
+        from engine.adapters import apply_adapter
 
         # The CPU kernels hold no nn.Linear for peft to wrap: the adapter is merged into the fp32 weights first.
         loaded = apply_adapter(loaded, settings.adapter, adapters_dir, merge=cpu_kernels)
     if cpu_kernels:
-        from llm.cpu_kernels import quantize_for_cpu
+        from engine.cpu_kernels import quantize_for_cpu
 
         quantize_for_cpu(loaded.model, quantization)
     elif on_our_kernels:
-        from llm.nf4_cpu import use_nf4_kernel
+        from engine.nf4_cpu import use_nf4_kernel
 
         use_nf4_kernel(loaded.model, cache_dir)
     if device == "cpu":

@@ -1,8 +1,8 @@
 """Our C kernels for CPUs with AVX2 and FMA, compiled on first use with the system C compiler.
 
-- ``nf4_kernel.c``: products with bitsandbytes' NF4 weights (``llm.nf4_cpu``).
+- ``nf4_kernel.c``: products with bitsandbytes' NF4 weights (``engine.nf4_cpu``).
 - ``decode_ops.c``: a Llama-family layer's steps around its products: the small ones of decoding one token,
-  and a prompt's causal attention (``llm.forward``).
+  and a prompt's causal attention (``engine.forward``).
 
 They are built into one shared library in ``<cache>/kernels``, named by a hash of the sources, the compiler's
 path and version and the build flags, and loaded with ctypes. Where the CPU lacks AVX2/FMA, no compiler works, or
@@ -24,8 +24,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("nf4_kernel.c", "decode_ops.c"))
-HEADERS = (Path(__file__).with_name("nf4_prompt_tile.h"),)
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("nf4_kernel.c", "decode_ops.c"))
+HEADERS = (Path(__file__).parent / "csrc" / "nf4_prompt_tile.h",)
 
 
 class NF4Weight(ctypes.Structure):

@@ -3,7 +3,7 @@
 bitsandbytes' CPU 4-bit path decoded Qwen2.5-0.5B at 3 tok/s on an AVX2 EPYC: it has no fast kernel without
 AVX512. Decoding reads every weight once per token, so 4-bit weights should be the fastest format there is;
 ``NF4Linear`` keeps bitsandbytes' own quantised weights (NF4 codes, double-quantised absmax, blocks of 64) and
-multiplies them with small C kernels (``llm.native``: compiled once with the system's C compiler): one for
+multiplies them with small C kernels (``engine.native``: compiled once with the system's C compiler): one for
 decoding, bound by memory, and one for prompts, bound by arithmetic.
 
 Where no compiler, no AVX2 or an unsupported layer shape is found, the bitsandbytes layers stay as they are.
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llm.cpu_kernels import SharedProduct, fuse_projections
-from llm.native import NF4Weight, load_native
+from engine.cpu_kernels import SharedProduct, fuse_projections
+from engine.native import NF4Weight, load_native
 
 BLOCK = 64
 W_ONE = 16000.0  # nf4_kernel.c's scale of the int16 code table

@@ -35,7 +35,7 @@ def _records(args, settings):
 def cmd_train(args, settings) -> int:
     from finetune.data import data_sha256, encode_all
     from finetune.train import config_from_settings, train_adapter
-    from llm.models import load_model
+    from engine.models import load_model
 
     config = config_from_settings(settings.finetune, max_steps=args.max_steps, max_seq_length=args.max_seq_length,
                                        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr)
@@ -92,7 +92,7 @@ def _reading_pairs(args, settings):
     """Questions the local model (or ``--writer``) writes about the knowledge base's sentences, answered from
     what retrieval shows (finetune.reading)."""
     from finetune.reading import build_reading_pairs, write_questions_with
-    from llm.answer import Answerer
+    from llm.answerer import Answerer
     from retrieval import open_retriever
 
     retriever = open_retriever(settings, args.kb)
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.data import DataError
     from kbcore.config import load_settings
     from kbcore.store import KnowledgeBaseError
-    from llm.adapters import AdapterError
-    from llm.models import ModelProvisionError
+    from engine.adapters import AdapterError
+    from engine.models import ModelProvisionError
 
     settings = load_settings(args.config)
     try:

@@ -11,7 +11,7 @@ spaces); a verbatim copy scores 1, an unrelated or refused answer near 0. Averag
 >>> ngram_recall("abc", "xyz")  # shorter than 4 characters: compared whole
 0.0
 
-Generation runs on serving instances (``llm.models.load_model`` without ``for_training``), never on a training
+Generation runs on serving instances (``engine.models.load_model`` without ``for_training``), never on a training
 one, so the adapter is measured in the weight format the answer stage uses.
 """
 
@@ -76,18 +76,11 @@ def answer_loss(model, tokenizer, records: Sequence[Record], max_seq_length: int
 
 
 def generate_answers(loaded, records: Sequence[Record], options) -> list[str]:
-    """Answers to the records' grounded prompts, decoded as the answer stage decodes (``llm.decoding`` with the
+    """Answers to the records' grounded prompts, decoded as the answer stage decodes (``engine.decoding`` with the
     answer stage's ``DecodeOptions``; greedy, so scores compare between runs)."""
-    from llm.decoding import decode
-    from llm.forward import model_forward
+    from engine.generate import generate
 
-    tokenizer, answers = loaded.tokenizer, []
-    for rec in records:
-        ids = tokenizer(prompt_text(tokenizer, rec), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        forward = model_forward(loaded, ids.shape[1] + options.max_new_tokens)
-        tokens = [t for t in decode(forward, ids, options) if t not in options.stop_ids]
-        answers.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
-    return answers
+    return ["".join(generate(loaded, prompt_text(loaded.tokenizer, rec), options)).strip() for rec in records]
 
 
 def evaluate_side(loaded, records: Sequence[Record], *, max_seq_length: int, options) -> Side:
@@ -118,8 +111,8 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
     from dataclasses import replace
 
     from finetune.train import fast_compute_dtype
-    from llm.answer import decode_options
-    from llm.models import load_model
+    from llm.answerer import decode_options
+    from engine.models import load_model
 
     sides = []
     for adapter_name in (None, adapter):
@@ -129,7 +122,7 @@ def compare(settings, adapter: str, records: Sequence[Record], *, max_seq_length
                             adapters_dir=settings.adapters_dir, shared=False)
         fast_compute_dtype(loaded.model)  # float32 on CPUs that only emulate bfloat16 (see finetune.train)
         options = replace(decode_options(settings.llm, loaded), max_new_tokens=max_new_tokens, temperature=0.0)
-        # On the model's own thread, like the answer stage: decoding elsewhere ran ~30 % slower (llm.models).
+        # On the model's own thread, like the answer stage: decoding elsewhere ran ~30 % slower (engine.models).
         sides.append(loaded.submit(evaluate_side, loaded, records, max_seq_length=max_seq_length,
                                    options=options).result())
         tuned_name = loaded.adapter

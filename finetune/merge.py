@@ -42,8 +42,8 @@ def merge_adapter(settings, adapter: str, out_dir: str | Path,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm.adapters import check_base, resolve_adapter
-    from llm.models import model_fingerprint, resolve_model_dir
+    from engine.adapters import check_base, resolve_adapter
+    from engine.models import model_fingerprint, resolve_model_dir
 
     info = resolve_adapter(adapter, settings.adapters_dir)
     check_base(info, settings.llm.model, model_fingerprint(settings.llm))

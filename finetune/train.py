@@ -1,6 +1,6 @@
 """QLoRA training, as in the QLoRA paper (artidoro/qlora), in one readable loop.
 
-The base model is frozen in 4-bit NF4 with double quantisation (``llm.models.load_model(for_training=True)``),
+The base model is frozen in 4-bit NF4 with double quantisation (``engine.models.load_model(for_training=True)``),
 LoRA adapters sit on every linear layer of every block, activations are recomputed (gradient checkpointing) and the
 optimizer keeps its state in 8 bits. Only the LoRA weights train.
 
@@ -341,8 +341,8 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def save_adapter(model, out_dir: Path, loaded, config: TrainConfig, data_sha256: str, metrics: dict) -> None:
-    """peft's adapter files plus ``kbchat_adapter.json`` (what ``llm.adapters`` reads to list and check it)."""
-    from llm.adapters import ADAPTER_META
+    """peft's adapter files plus ``kbchat_adapter.json`` (what ``engine.adapters`` reads to list and check it)."""
+    from engine.adapters import ADAPTER_META
 
     model.save_pretrained(out_dir)
     meta = {"name": out_dir.name, "base_model": loaded.model_id, "base_model_sha256": loaded.base_sha256,
@@ -353,7 +353,7 @@ def save_adapter(model, out_dir: Path, loaded, config: TrainConfig, data_sha256:
 
 def update_metrics(out_dir: Path, extra: dict) -> None:
     """Add evaluation results to an adapter's metadata."""
-    from llm.adapters import ADAPTER_META
+    from engine.adapters import ADAPTER_META
 
     path = Path(out_dir) / ADAPTER_META
     meta = json.loads(path.read_text(encoding="utf-8"))

@@ -131,8 +131,8 @@ class LLMSettings:
     # - 2-core Zen 2 EPYC (AVX2 only): TTFT 3.46 s against 4.37 s, decode 32.2 against 24.5 tok/s, load 15.4
     #   against 20.2 s (peak RSS of either varies between 3.2 and 4.3 GiB from run to run).
     # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
-    # MLP down-projections, whose inputs carry outlier tokens; see llm/cpu_kernels.py); on CUDA: LLM.int8.
-    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 / AVX512-VNNI kernels (llm/nf4_kernel.c),
+    # MLP down-projections, whose inputs carry outlier tokens; see engine/cpu_kernels.py); on CUDA: LLM.int8.
+    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 / AVX512-VNNI kernels (engine/csrc/nf4_kernel.c),
     # in fp32, the output layer in NF4 too; bitsandbytes' own CPU layers decoded 3.6 tok/s (AVX2), 22 (Zen 4).
     # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
     # "bf16"/"fp32" are the plain fallbacks.

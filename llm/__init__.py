@@ -1,5 +1,6 @@
-"""Grounded answers from a local quantised LLM (NF4 on a GPU, int8 on a CPU), with citations, streaming and
-an honest "not found".
+"""Grounded answers: what a small model reads (``passages``), how it is asked (``prompts``), the checks on
+what it says (``checks``) and the citations drawn from the evidence (``citations``), all run by the answer stage
+(``llm.answerer``) over a retriever and the inference runtime (``engine``); ``llm.eval`` is the answer harness.
 
 >>> import llm                                                           # doctest: +SKIP
 >>> a = llm.answer("供应商参加政府采购需要什么条件？", settings=load_settings())  # doctest: +SKIP
@@ -7,10 +8,8 @@ an honest "not found".
 (True, [(1, 'zhengfu-caigou-fa.pdf', [2])])
 
 Streaming: ``s = llm.stream_answer(q, history, settings=...)``; ``for piece in s: ...``; then ``s.answer``.
-Models: ``llm.models.load_model`` (presets ``qwen2.5-0.5b``, ``qwen2.5-1.5b``, any HF id or local path);
-adapters: ``llm.adapters.list_adapters``.
 """
 
-from llm.answer import Answerer, AnswerStream, answer, standalone_question, stream_answer
+from llm.answerer import Answerer, AnswerStream, answer, standalone_question, stream_answer
 
 __all__ = ["answer", "stream_answer", "Answerer", "AnswerStream", "standalone_question"]

@@ -12,8 +12,8 @@ import sys
 
 from kbcore.config import load_settings
 from kbcore.store import KnowledgeBaseError
-from llm.adapters import AdapterError
-from llm.models import ModelProvisionError
+from engine.adapters import AdapterError
+from engine.models import ModelProvisionError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--config", help="TOML settings file")
     args = parser.parse_args(argv)
 
-    from llm.answer import stream_answer
+    from llm.answerer import stream_answer
 
     settings = load_settings(args.config)
     overrides = {k: v for k, v in (("adapter", args.adapter), ("model", args.model)) if v}

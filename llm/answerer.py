@@ -9,19 +9,17 @@ question asks about (a program, a standard, a year, a city) that no document men
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from queue import Queue
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
+from engine.decoding import DecodeOptions, stop_ids
+from engine.generate import generate, stream_from_compute_thread
+from engine.models import LoadedModel, load_model
 from kbcore.config import LLMSettings, Settings
-from kbcore.types import Answer, Citation, Hit
+from kbcore.types import Answer, Hit
 from llm.checks import degenerate_reason, trim_loop
 from llm.citations import attribute
-from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
-from llm.forward import model_forward
-from llm.models import LoadedModel, load_model
 from llm.passages import asked_names, quote, select_passages
 from llm.prompts import NOT_FOUND, QUOTED, UNMENTIONED, build_messages, language_of, render_prompt
 
@@ -125,11 +123,7 @@ class Answerer:
     def generate(self, prompt: str, options: DecodeOptions | None = None) -> Iterator[str]:
         """Text pieces of the model's answer to ``prompt`` (on the calling thread; ``stream`` moves it to the
         model's thread). bench_llm times exactly this."""
-        loaded = self.loaded
-        options = options or self.decode_options()
-        ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        forward = model_forward(loaded, ids.shape[1] + options.max_new_tokens)
-        return text_pieces(loaded.tokenizer, decode(forward, ids, options))
+        return generate(self.loaded, prompt, options or self.decode_options())
 
     def stream(self, question: str, history: Sequence[dict] | None = None, k: int | None = None,
                sources: Sequence[str] | None = None) -> "AnswerStream":
@@ -167,7 +161,8 @@ class Answerer:
         usable = trim_loop(text) if degenerate == "loop" else None
         if usable is None or degenerate_reason(usable, question, sources) is not None:
             # No usable answer from the model: show the passage sentence that best matches the question, marked
-            # as a quote, rather than the model's output or a guess.
+            # as a quote, rather than the model's output or a guess; when no sentence matches it well enough,
+            # the documents did not answer it.
             quoted = quote(question, passages)
             if quoted is None:
                 return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=question,
@@ -218,35 +213,10 @@ class AnswerStream:
             return
         answerer = self.answerer
         pieces: list[str] = []
-        for piece in on_compute_thread(answerer.loaded, lambda: answerer.generate(self.prepared.prompt)):
+        for piece in stream_from_compute_thread(answerer.loaded, lambda: answerer.generate(self.prepared.prompt)):
             pieces.append(piece)
             yield piece
         self.answer = self.answerer.finish(self.prepared, "".join(pieces))
-
-
-def on_compute_thread(loaded: LoadedModel, make_pieces: Callable[[], Iterable[str]]) -> Iterator[str]:
-    """Iterate ``make_pieces()`` on the model's compute thread (``kbcore.compute``), yielding its pieces here
-    as they come. Its error is raised here; closing this iterator early stops generation at the next piece."""
-    pieces: Queue = Queue()
-    closed = threading.Event()
-    done = object()
-
-    def run():
-        try:
-            for piece in make_pieces():
-                if closed.is_set():
-                    break
-                pieces.put(piece)
-        finally:
-            pieces.put(done)  # unblocks the loop below; the error is re-raised from generation.result()
-
-    generation = loaded.submit(run)
-    try:
-        while (piece := pieces.get()) is not done:
-            yield piece
-    finally:
-        closed.set()
-    generation.result()
 
 
 _answerers: dict = {}

@@ -32,7 +32,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kbcore.config import load_settings
     from kbcore.store import KnowledgeBaseError
-    from llm.answer import Answerer
+    from llm.answerer import Answerer
     from retrieval import open_retriever
 
     settings = load_settings(args.config)

@@ -17,4 +17,4 @@ def test_the_wheel_holds_the_kernel_sources_and_header(tmp_path):
     assert built.returncode == 0, built.stderr[-2000:]
     [wheel] = tmp_path.glob("kbchat-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"llm/nf4_kernel.c", "llm/decode_ops.c", "llm/nf4_prompt_tile.h"} <= names
+    assert {"engine/csrc/nf4_kernel.c", "engine/csrc/decode_ops.c", "engine/csrc/nf4_prompt_tile.h"} <= names

@@ -4,7 +4,7 @@
  *
  * Each is a handful of torch operations on vectors of a few thousand floats, so a decode step spent more time
  * dispatching them (about a third of a 0.5B step on a 2-core EPYC) than computing. Float32 throughout; the
- * results match torch's to float rounding (tests compare the whole forward). llm/forward.py calls these.
+ * results match torch's to float rounding (tests compare the whole forward). engine/forward.py calls these.
  */
 #include <immintrin.h>
 #include <math.h>

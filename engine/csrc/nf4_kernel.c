@@ -2,7 +2,7 @@
  * bitsandbytes' 4-bit weights, read where they lie.
  *
  * Weights are bitsandbytes NF4 with double quantisation, blocks of 64 along a row, repacked once at load (by
- * llm/nf4_cpu.py) so that the 32 bytes of a block hold its element j in the low nibble of byte j and element
+ * engine/nf4_cpu.py) so that the 32 bytes of a block hold its element j in the low nibble of byte j and element
  * j + 32 in the high nibble. A block's scale is code2[qabsmax[b]] * absmax2[b / 256] + offset, bitsandbytes'
  * own double-quantised absmax, expanded per block as the product runs.
  *
@@ -65,7 +65,7 @@ static inline float horizontal_max(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-/* One weight matrix in the kernel's layout (llm/nf4_cpu.py's NF4Weight mirrors it). */
+/* One weight matrix in the kernel's layout (engine/nf4_cpu.py's NF4Weight mirrors it). */
 typedef struct {
     const uint8_t *packed;  /* rows * cols / 2 bytes, blocks of 64 as described above */
     const uint8_t *qabsmax; /* rows * cols / 64 */

@@ -1,4 +1,4 @@
-/* The prompt kernel's tiles (llm/nf4_kernel.c), included there once per instruction set: TILES_FUNCTION names the
+/* The prompt kernel's tiles (engine/csrc/nf4_kernel.c), included there once per instruction set: TILES_FUNCTION names the
  * function, EIGHT_BYTES_PRODUCT is the integer step it is built on, and FUSED_GROUPS says how many groups of
  * eight rows share a tile (4 tokens x G groups need 4G sums in registers at once: AVX2 has 16, AVX-512 32). */
 

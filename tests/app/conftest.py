@@ -20,7 +20,7 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from kbcore.config import LLMSettings, Settings
-    from llm.models import resolve_model_dir
+    from engine.models import resolve_model_dir
 
     real = Path(resolve_model_dir(LLMSettings(), Settings().cache_dir))  # converts once when missing (~1 min)
     out = tmp_path_factory.mktemp("tiny-qwen2")

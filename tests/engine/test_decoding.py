@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from kbcore.config import LLMSettings
-from llm.decoding import DecodeOptions, decode, stop_ids, text_pieces
-from llm.forward import DecoderLayersForward, TransformersForward
-from llm.models import load_model
+from engine.decoding import DecodeOptions, decode, stop_ids, text_pieces
+from engine.forward import DecoderLayersForward, TransformersForward
+from engine.models import load_model
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from kbcore.config import LLMSettings
-from llm.forward import DecoderLayersForward, TransformersForward, model_forward
-from llm.models import load_model
+from engine.forward import DecoderLayersForward, TransformersForward, model_forward
+from engine.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_direct_layers_give_the_logits_of_the_model_forward(tiny_model_dir, tmp_
     loaded = loaded_tiny(tiny_model_dir, tmp_path, quantization)
     assert isinstance(model_forward(loaded, 64), DecoderLayersForward)
     if native and loaded.native is None:
-        pytest.skip("llm.native's kernels need AVX2/FMA and a C compiler")
+        pytest.skip("engine.native's kernels need AVX2/FMA and a C compiler")
     continuation = [11, 3000, 151, 42, 7, 99]
     direct = run(DecoderLayersForward(loaded.model, 64, native=loaded.native if native else None), prompt,
                  continuation)
@@ -57,7 +57,7 @@ def test_a_multi_token_continuation_and_a_cache_that_must_grow_give_the_same_log
                                                                                     prompt, native):
     loaded = loaded_tiny(tiny_model_dir, tmp_path, "fp32")
     if native and loaded.native is None:
-        pytest.skip("llm.native's kernels need AVX2/FMA and a C compiler")
+        pytest.skip("engine.native's kernels need AVX2/FMA and a C compiler")
     whole = torch.cat([prompt, torch.tensor([[11, 3000, 151, 42]])], dim=1)
     with torch.inference_mode():
         expected = loaded.model(input_ids=whole).logits[:, -1]
@@ -73,7 +73,7 @@ def test_models_outside_the_llama_family_and_adapter_wrapped_models_use_transfor
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llm.models import LoadedModel
+    from engine.models import LoadedModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).eval()
     forward = model_forward(LoadedModel(gpt2, None, "gpt2", "x", "cpu"), 16)
@@ -86,7 +86,7 @@ def test_models_outside_the_llama_family_and_adapter_wrapped_models_use_transfor
 
 
 def test_a_prompt_that_opens_like_the_last_one_reuses_its_keys_and_gets_the_same_logits(tiny_model_dir, tmp_path):
-    from llm.forward import PromptCache
+    from engine.forward import PromptCache
 
     loaded = loaded_tiny(tiny_model_dir, tmp_path, "fp32")
     tokenizer = loaded.tokenizer
@@ -114,9 +114,9 @@ def test_a_prompt_that_opens_like_the_last_one_reuses_its_keys_and_gets_the_same
 @pytest.mark.parametrize("heads, kv_heads, head_dim", [(14, 2, 64), (4, 4, 128), (6, 3, 16)])
 @pytest.mark.parametrize("start, new", [(0, 2), (0, 37), (0, 64), (0, 65), (0, 300), (50, 100), (130, 7)])
 def test_native_prompt_attention_is_causal_attention(tmp_path_factory, heads, kv_heads, head_dim, start, new):
-    """llm.native's prefill_attention against torch's: queries at positions start.. attend to every cached key up
+    """engine.native's prefill_attention against torch's: queries at positions start.. attend to every cached key up
     to their own, grouped key/value heads, blocks of 32 queries and 64 keys cut anywhere."""
-    from llm.native import load_native
+    from engine.native import load_native
 
     library = load_native(tmp_path_factory.mktemp("kernels"))
     assert library is not None, "a C compiler is on this machine, so the kernels must build"

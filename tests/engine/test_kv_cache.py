@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llm.kv_cache import PreallocatedLayer, preallocated_cache
+from engine.kv_cache import PreallocatedLayer, preallocated_cache
 
 
 @pytest.mark.parametrize("capacity", [4096, 3])  # room for all, and room for less than the prompt

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kbcore.config import LLMSettings
-from llm.adapters import ADAPTER_META, AdapterError, apply_adapter
-from llm.models import load_model, resolve_quantization
+from engine.adapters import ADAPTER_META, AdapterError, apply_adapter
+from engine.models import load_model, resolve_quantization
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def random_adapter(tiny_model_dir, tmp_path_factory):
 
 
 def test_auto_is_nf4_where_our_kernels_run_and_int8_on_other_cpus(tmp_path, monkeypatch):
-    from llm import native
+    from engine import native
 
     assert resolve_quantization(LLMSettings(), "cuda", tmp_path) == "nf4"
     assert resolve_quantization(LLMSettings(quantization="fp32"), "cpu", tmp_path) == "fp32"

@@ -1,4 +1,4 @@
-"""llm.native: a cached kernel library that cannot be loaded falls back (rebuilt once, else torch's and
+"""engine.native: a cached kernel library that cannot be loaded falls back (rebuilt once, else torch's and
 bitsandbytes' paths), and the build key changes with the compiler's version and the flags. Here rather than in
 tests/llm, which another change owns at the moment."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llm import native
+from engine import native
 
 COMPILER = shutil.which("cc") or shutil.which("gcc")
 needs_kernels = pytest.mark.skipif(not (native.cpu_supports_native() and COMPILER),
@@ -77,7 +77,7 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path, monkeypatch, c
         words = "undefined symbol: nf4_linear"
     builds = []
     monkeypatch.setattr(native, "_compile", lambda compiler, path: builds.append(path) or install(built, path))
-    with caplog.at_level(logging.WARNING, logger="llm.native"):
+    with caplog.at_level(logging.WARNING, logger="engine.native"):
         library = native.load_native(tmp_path)
     assert library is not None and hasattr(library, "nf4_linear") and builds == [target]
     assert words in caplog.text
@@ -93,6 +93,6 @@ def test_a_library_that_never_loads_falls_back_to_none(tmp_path, monkeypatch, ca
         raise OSError(f"{path}: failed to map segment from shared object")
 
     monkeypatch.setattr(native.ctypes, "CDLL", noexec)
-    with caplog.at_level(logging.WARNING, logger="llm.native"):
+    with caplog.at_level(logging.WARNING, logger="engine.native"):
         assert native.load_native(tmp_path) is None
     assert "cannot be loaded" in caplog.text and "failed to map segment" in caplog.text

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from kbcore.config import LLMSettings
-from llm import nf4_cpu
-from llm.forward import DecoderLayersForward, TransformersForward
-from llm import models
-from llm.models import load_model
-from llm import native
-from llm.nf4_cpu import NF4Linear, NF4Projections, nf4_product
+from engine import nf4_cpu
+from engine.forward import DecoderLayersForward, TransformersForward
+from engine import models
+from engine.models import load_model
+from engine import native
+from engine.nf4_cpu import NF4Linear, NF4Projections, nf4_product
 
 pytestmark = pytest.mark.skipif(not native.cpu_supports_native(), reason="the NF4 kernel needs AVX2 and FMA")
 
@@ -206,7 +206,7 @@ def test_a_loaded_nf4_model_runs_on_the_kernel_with_the_logits_of_bitsandbytes_l
 def test_without_a_working_compiler_bitsandbytes_layers_stay_and_say_why(model_dir, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    with caplog.at_level(logging.WARNING, logger="llm.native"):
+    with caplog.at_level(logging.WARNING, logger="engine.native"):
         loaded = load_model(LLMSettings(model=str(model_dir), device="cpu", quantization="nf4"), tmp_path,
                             shared=False)
     assert "compiling with false failed" in caplog.text
@@ -235,7 +235,7 @@ def test_an_adapter_keeps_its_effect_on_the_kernel(model_dir, tmp_path, monkeypa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from llm.adapters import ADAPTER_META
+    from engine.adapters import ADAPTER_META
 
     torch.manual_seed(1)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),

@@ -3,7 +3,6 @@ back in 4-bit NF4 through bitsandbytes on CPU, exactly as the real model is load
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -78,13 +77,13 @@ def tiny_model_dir(tmp_path_factory, char_tokenizer):
 
 
 def load_tiny(path, *, quantized=True, compute_dtype="float32", repacking_fix=True):
-    """A fresh ``LoadedModel`` of the tiny model: NF4 + double quant like ``llm.models`` (float32 compute by default
+    """A fresh ``LoadedModel`` of the tiny model: NF4 + double quant like ``engine.models`` (float32 compute by default
     so the comparison with a float32 reference can be tight), or float32 when ``quantized=False``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from finetune.train import disable_cpu_repacking
-    from llm.models import LoadedModel
+    from engine.models import LoadedModel
 
     kwargs = {"dtype": torch.float32}
     if quantized:

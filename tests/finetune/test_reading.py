@@ -6,7 +6,7 @@ import pytest
 
 from finetune.data import read_jsonl, write_jsonl
 from finetune.reading import build_reading_pairs
-from llm.answer import Answerer
+from llm.answerer import Answerer
 from llm.prompts import NOT_FOUND
 
 pytestmark = pytest.mark.slow

@@ -53,7 +53,7 @@ def test_training_lowers_the_loss_and_changes_only_lora_weights(tiny, examples, 
 def test_saved_adapter_reloads_exactly_with_its_metadata(tiny, examples, tmp_path):
     from peft import PeftModel
 
-    from llm.adapters import AdapterError, apply_adapter, read_adapter
+    from engine.adapters import AdapterError, apply_adapter, read_adapter
 
     trained = tiny()
     config = TrainConfig(max_steps=3, learning_rate=1e-2, gradient_accumulation_steps=1, lora_dropout=0.0)

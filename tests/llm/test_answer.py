@@ -6,12 +6,12 @@ import importlib
 import pytest
 
 from kbcore.types import Chunk, Hit
-from llm.answer import Answerer, standalone_question
+from llm.answerer import Answerer, standalone_question
 from llm.citations import attribute
-from llm.models import load_model
+from engine.models import load_model
 from llm.prompts import NOT_FOUND, QUOTED, build_messages, render_prompt
 
-answer_module = importlib.import_module("llm.answer")  # the package's ``answer`` is the function
+answer_module = importlib.import_module("llm.answerer")  # the package's ``answer`` is the function
 
 
 class FixedRetriever:
@@ -218,7 +218,7 @@ def test_follow_up_retrieves_what_the_standalone_question_does(eval_retriever):
 
 
 @pytest.mark.slow
-# "auto" on an AVX2 CPU: NF4 on llm/nf4_kernel.c; int8 is the other CPU path.
+# "auto" on an AVX2 CPU: NF4 on engine/csrc/nf4_kernel.c; int8 is the other CPU path.
 @pytest.mark.parametrize("quantization", ["auto", "int8"])
 def test_real_model_answers_with_the_key_fact_and_cites_the_right_page(settings, eval_retriever, quantization):
     quick = settings.with_overrides(llm={"max_new_tokens": 64, "quantization": quantization},
@@ -233,8 +233,8 @@ def test_real_model_answers_with_the_key_fact_and_cites_the_right_page(settings,
 
 
 def test_an_answer_cannot_open_with_a_banned_token_but_may_use_it_later(tiny):
-    from llm.decoding import DecodeOptions, decode
-    from llm.forward import model_forward
+    from engine.decoding import DecodeOptions, decode
+    from engine.forward import model_forward
 
     _, loaded = tiny
     ids = loaded.tokenizer("供应商应当具备什么条件？", return_tensors="pt")["input_ids"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm.answer import Answerer
+from llm.answerer import Answerer
 from llm.checks import degenerate_reason
 from llm.eval import AnswerItem, grade
 
