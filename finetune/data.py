@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from kbcore.text import NUMERALS
+
 IGNORE_INDEX = -100  # labels with this value carry no loss (PyTorch's cross_entropy default ignore_index)
 
 
@@ -146,7 +148,7 @@ def mix_general(records: list[Record], general: Sequence[Record], ratio: float, 
 # ---------------------------------------------------------------- from a knowledge base
 
 _QUESTION = re.compile(r"[？?]\s*$|什么|为什么|如何|怎样|怎么|哪些|哪里|是否|吗")
-_NUMBERING = re.compile(r"^\s*(?:第?[0-9一二三四五六七八九十]+(?:\.[0-9]+)*[章节条、.]?\s*)")
+_NUMBERING = re.compile(rf"^\s*(?:第?[0-9{NUMERALS}]+(?:\.[0-9]+)*[章节条、.]?\s*)")
 
 
 def is_question_heading(heading: str) -> bool:

@@ -24,13 +24,13 @@ from dataclasses import replace
 from typing import Callable
 
 from finetune.data import Passage, Record
-from kbcore.text import HEADING_SEPARATOR
+from kbcore.text import HEADING_SEPARATOR, NUMERALS
 from llm.checks import bigrams, content_of, numbers_in
 
 # A sentence ends at 。！？；; its article number or list marker is not part of what it says.
 _SENTENCE = re.compile(r"[^。！？；\n]+[。！？；]")
-_LEAD = re.compile(r"^\s*(?:第[一二三四五六七八九十百零〇\d]+[条款项章节]\s*|[（(][一二三四五六七八九十\d]+[）)]\s*|\d+(?:\.\d+)*\s+)")
-_FACT = re.compile(r"\d|[一二三四五六七八九十百千万]+[日天年月个条次名人元%]|是指|包括|应当|不得|必须|由.{1,12}负责|称为|叫做")
+_LEAD = re.compile(rf"^\s*(?:第[{NUMERALS}\d]+[条款项章节]\s*|[（(][{NUMERALS}\d]+[）)]\s*|\d+(?:\.\d+)*\s+)")
+_FACT = re.compile(rf"\d|[{NUMERALS}万]+[日天年月个条次名人元%]|是指|包括|应当|不得|必须|由.{{1,12}}负责|称为|叫做")
 QUESTION_SYSTEM = "你负责为知识库问答系统出题：读一句话，写出用户为了得到这句话里的信息会提的问题。"
 # One worked example: without it the 0.5B mostly copied the sentence back or asked something else.
 QUESTION_EXAMPLE = ("句子：采购人与中标供应商应当在中标通知书发出之日起三十日内签订政府采购合同。",

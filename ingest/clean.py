@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ingest.parse import TABLE_CELL_SEPARATOR, Heading, Page, ParsedDocument
+from kbcore.text import CJK_TEXT, NUMERALS
 
 # Full-width letters and digits to ASCII; no-break, ideographic and thin spaces to a space; soft hyphen out.
 _CHAR_MAP = {**{c: c - 0xFEE0 for c in range(0xFF10, 0xFF1A)}, **{c: c - 0xFEE0 for c in range(0xFF21, 0xFF3B)},
@@ -36,7 +37,7 @@ _CHAR_MAP = {**{c: c - 0xFEE0 for c in range(0xFF10, 0xFF1A)}, **{c: c - 0xFEE0 
              0x00A0: " ", 0x3000: " ", 0x2002: " ", 0x2003: " ", 0x2009: " ", 0x202F: " ", 0x00AD: None,
              0xFEFF: None, 0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl"}
 
-_CJK = "\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_CJK = CJK_TEXT
 _CJK_CHAR = re.compile(f"[{_CJK}\u201c\u201d\u2018\u2019\u2014\u2026\u00b7]")
 _CJK_PUNCT = re.compile("[\u3000-\u303f\uff00-\uff0f\uff1a-\uff20\u201c\u201d\u2018\u2019\u2014\u2026]")
 _WIDE = re.compile(f"[{_CJK}]")
@@ -44,7 +45,7 @@ _WIDE = re.compile(f"[{_CJK}]")
 _PAGE_NUMBER = re.compile(
     r"^(?:[-–—·\s]*\d{1,4}[-–—·\s]*|\d{1,4}\s*/\s*\d{1,4}|[ivxlcdm]{1,7}|第\s*\d+\s*页(?:\s*[,，]?\s*共\s*\d+\s*页)?"
     r"|page\s+\d+(?:\s+of\s+\d+)?)$", re.IGNORECASE)
-_NUMERALS = "一二三四五六七八九十百千零〇两0-9"
+_NUMERALS = NUMERALS + "0-9"
 # The dots that lead from a table-of-contents entry to its page number.
 _DOT_LEADER = re.compile(r"(?:\s?[.·…]){5,}")
 # Lines that start a unit of their own, so a wrapped line before them must not swallow them.

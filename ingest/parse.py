@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from kbcore.config import LimitSettings
+from kbcore.text import CJK_TEXT
 
 DocumentKind = Literal["pdf", "txt", "md", "html", "docx", "xlsx", "pptx"]
 
@@ -299,7 +300,7 @@ def _page_text(page) -> tuple[str, int]:
     return "".join(text for _y, _x, text in pieces), len(tables)
 
 
-_CJK_CHAR = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
+_CJK_CHAR = re.compile(f"[{CJK_TEXT}]")
 
 
 def _cell_text(cell: str | None) -> str:

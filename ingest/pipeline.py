@@ -23,7 +23,6 @@ so a re-run over an unchanged folder costs hashing and a database read.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import stat
 import threading
@@ -39,6 +38,7 @@ from ingest.clean import clean_document
 from ingest.parse import ParseError, check_regular_file, is_supported, parse_file
 from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
+from kbcore.hashing import stream_sha256
 from kbcore.store import KnowledgeBase, NewChunk, text_hash
 from kbcore.text import (PASSAGE_FORMAT, TOKENIZER_VERSION, chunk_tokens, openings, passage_text,
                          stored_opening_chars)
@@ -122,10 +122,7 @@ def content_hash(path: str | os.PathLike) -> str:
     with open(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ParseError(path, "not a regular file: only regular files are ingested")
-        digest = hashlib.sha256()
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return stream_sha256(fh)
 
 
 def kb_settings_record(settings: Settings) -> dict[str, str]:

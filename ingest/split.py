@@ -33,10 +33,10 @@ import re
 from dataclasses import dataclass
 
 from ingest.clean import CleanDocument, normalize_chars
-from kbcore.text import HEADING_SEPARATOR
+from kbcore.text import HEADING_SEPARATOR, NUMERALS
 
 
-_NUMERALS = "一二三四五六七八九十百千零〇两0-9"
+_NUMERALS = NUMERALS + "0-9"
 _ARTICLE = re.compile(rf"第[{_NUMERALS}]+条")
 _STRUCTURAL_HEADING = re.compile(rf"^第[{_NUMERALS}]+([编章节])\s*[^。，；：！？]{{0,40}}$")
 _STRUCTURAL_LEVEL = {"编": 1, "章": 2, "节": 3}

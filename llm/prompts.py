@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from kbcore.text import CJK_IDEOGRAPHS
 from kbcore.types import Hit
 
 NOT_FOUND = {"zh": "文档中没有找到相关内容。", "en": "The documents do not contain an answer to this question."}
@@ -44,7 +45,7 @@ LABELS = {"zh": ("资料：", "问题："), "en": ("Passages:", "Question: ")}
 ANSWER_RULE = {"zh": "请直接用完整的句子回答问题的内容。",
                "en": "Answer the question itself in full sentences."}
 
-_CJK = re.compile(r"[\u3400-\u9fff]")
+_CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 
 
 def language_of(text: str) -> str:

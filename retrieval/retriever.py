@@ -17,7 +17,8 @@ import numpy as np
 from kbcore.config import RetrievalSettings, Settings
 from kbcore.embedding import Embedder
 from kbcore.store import KnowledgeBase
-from kbcore.text import TOKENIZER_VERSION, chunk_tokens, document_opening, openings, search_tokens, stored_opening_chars
+from kbcore.text import (NUMERALS, TOKENIZER_VERSION, chunk_tokens, document_opening, openings, search_tokens,
+                         stored_opening_chars)
 from kbcore.types import Chunk, Hit
 from retrieval import fusion
 from retrieval.lexical import BM25Index
@@ -30,7 +31,7 @@ MAX_WIDENING = 3
 # answers them; such chunks keep this fraction of their score.
 CONTENTS_PENALTY = 0.25
 
-_NUMERALS = r"一二三四五六七八九十百零〇\d"
+_NUMERALS = NUMERALS + r"\d"
 # "heading 7", never a table row (ingest joins cells with " | ").
 _PAGE_REFERENCE = re.compile(r"^(?!.*\|)\S.{0,60}?\s(\d{1,3}|[ivxlc]{1,6})\s*$", re.IGNORECASE)
 # Lines a contents page is made of, once ingest has replaced dot leaders by a space:
