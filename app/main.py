@@ -244,10 +244,7 @@ def chat_view(settings, kb_path):
             else:
                 retriever = resources.get_retriever(settings, kb_path)
             if not resources.model_is_loaded(settings):
-                from engine.models import pick_device, resolve_quantization
-
-                weights = resolve_quantization(settings.llm, pick_device(settings.llm), settings.cache_dir)
-                with st.spinner(f"Loading the language model {settings.llm.model} ({weights}); "
+                with st.spinner(f"Loading the language model {settings.llm.model} ({settings.llm.quantization}); "
                                 f"the first time it is converted once, about a minute…"):
                     loaded = resources.get_model(settings)
             else:

@@ -1,8 +1,8 @@
 """Heavy objects shared by every session of the app process: the LLM and one retriever per knowledge base.
 
-``st.cache_resource`` keeps them for the life of the process. Keys are plain strings built from the settings
-that matter, so changing temperature or top-k never reloads anything, while switching model, adapter or
-knowledge base does.
+The model comes from the runtime's own cache (``engine.models.load_model``). Retrievers are kept by
+``st.cache_resource`` under plain-string keys built from the settings that matter, so changing top-k never
+reopens anything, while switching knowledge base or embedding does.
 """
 
 from __future__ import annotations
@@ -12,13 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from kbcore.config import LLMSettings, Settings
-
-
-def model_key(settings: Settings) -> str:
-    llm = settings.llm
-    return repr((llm.model, llm.quantization, llm.device, llm.adapter, str(settings.cache_dir),
-                 str(settings.adapters_dir)))
+from kbcore.config import Settings
 
 
 def retriever_key(settings: Settings, kb_path: Path) -> str:
@@ -27,18 +21,8 @@ def retriever_key(settings: Settings, kb_path: Path) -> str:
     return repr((str(Path(kb_path).resolve()), settings.embedding, retrieval, str(settings.cache_dir)))
 
 
-# Keys loaded so far in this process: only to word the spinner ("loading…" vs nothing).
-_loaded_models: set[str] = set()
+# Keys opened so far in this process: only to word the spinner.
 _open_retrievers: set[str] = set()
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
-def _load_model(key: str, _llm: LLMSettings, _cache_dir: Path, _adapters_dir: Path):
-    from engine.models import load_model
-
-    loaded = load_model(_llm, _cache_dir, adapters_dir=_adapters_dir)
-    _loaded_models.add(key)
-    return loaded
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -52,7 +36,9 @@ def _open_retriever(key: str, _settings: Settings, _kb_path: Path):
 
 def get_model(settings: Settings):
     """The loaded LLM for ``settings.llm`` (with its adapter), loaded once per process."""
-    return _load_model(model_key(settings), settings.llm, settings.cache_dir, settings.adapters_dir)
+    from engine.models import load_model
+
+    return load_model(settings.llm, settings.cache_dir, adapters_dir=settings.adapters_dir)
 
 
 def get_retriever(settings: Settings, kb_path: Path):
@@ -62,7 +48,9 @@ def get_retriever(settings: Settings, kb_path: Path):
 
 def model_is_loaded(settings: Settings) -> bool:
     """Whether this process already holds the model (so the spinner can say a load is coming)."""
-    return model_key(settings) in _loaded_models
+    from engine.models import is_loaded
+
+    return is_loaded(settings.llm, settings.cache_dir, settings.adapters_dir)
 
 
 def retriever_is_open(settings: Settings, kb_path: Path) -> bool:

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,12 +160,16 @@ def cpu_has_native_bf16() -> bool:
     return has_avx512bf16()
 
 
-def disable_bf16_repacking(model) -> None:
+def disable_bf16_repacking(model) -> int:
     """bitsandbytes repacks 4-bit weights for good on the first no-grad forward on AVX512-BF16 CPUs, for a bf16
-    kernel; that silently breaks gradients through them afterwards (NOTES). Training instances never repack."""
+    kernel; that silently breaks gradients through them afterwards (NOTES). Training instances never repack.
+    Returns how many modules it turned it off on."""
+    count = 0
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) -> str:
@@ -242,8 +247,22 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     return loaded
 
 
-_serving: dict = {}
+# The process's one cache of serving instances, least recently used first: loading a third evicts the oldest,
+# so switching models in the app does not pile them up in memory.
+MAX_SERVING_MODELS = 2
+_serving: OrderedDict = OrderedDict()
 _serving_lock = threading.Lock()
+
+
+def serving_key(settings: LLMSettings, cache_dir: Path, adapters_dir: Path) -> tuple:
+    """What makes two serving instances different (temperature or token limits do not)."""
+    return (settings.model, settings.quantization, settings.nf4_kernel, settings.device, settings.adapter,
+            str(cache_dir), str(adapters_dir))
+
+
+def is_loaded(settings: LLMSettings, cache_dir: Path, adapters_dir: Path = Path("adapters")) -> bool:
+    """Whether ``load_model`` would return at once (an app words its spinner with it)."""
+    return serving_key(settings, cache_dir, adapters_dir) in _serving
 
 
 def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = Path("adapters"),
@@ -255,11 +274,13 @@ def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = P
         return _load(settings, cache_dir, adapters_dir, for_training=True)
     if not shared:
         return _load_serving(settings, cache_dir, adapters_dir)
-    key = (settings.model, settings.quantization, settings.nf4_kernel, settings.device, settings.adapter,
-           str(cache_dir), str(adapters_dir))
+    key = serving_key(settings, cache_dir, adapters_dir)
     with _serving_lock:
         if key not in _serving:
             _serving[key] = _load_serving(settings, cache_dir, adapters_dir)
+            while len(_serving) > MAX_SERVING_MODELS:
+                _serving.popitem(last=False)
+        _serving.move_to_end(key)
         return _serving[key]
 
 

@@ -22,6 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from kbcore.hashing import file_sha256
+
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("nf4_kernel.c", "decode_ops.c"))
@@ -118,7 +120,7 @@ def _load(target: Path, *, fresh: bool = False) -> ctypes.CDLL | None:
     the dynamic loader hands back a library it already opened from the same path (the broken one)."""
     try:
         expected = _digest_file(target).read_text(encoding="ascii").strip()
-        if hashlib.sha256(target.read_bytes()).hexdigest() != expected:
+        if file_sha256(target) != expected:
             log.warning("C kernels: %s is not the library that was built (changed or cut short)", target)
             return None
         if fresh:
@@ -161,7 +163,7 @@ def _compile(compiler: str, target: Path) -> bool:
 def _install(built: Path, target: Path) -> None:
     """Move a fresh build into place, its digest beside it. Another process building the same library at once
     is harmless: at worst the digest and the library disagree and the next load builds again."""
-    digest = hashlib.sha256(built.read_bytes()).hexdigest()
+    digest = file_sha256(built)
     partial = _digest_file(built)
     partial.write_text(digest + "\n", encoding="ascii")
     os.replace(partial, _digest_file(target))

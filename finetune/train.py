@@ -6,7 +6,7 @@ optimizer keeps its state in 8 bits. Only the LoRA weights train.
 
 On CPUs with AVX512-BF16 bitsandbytes repacks 4-bit weights for good on the first no-grad forward in eval mode,
 after which gradients through them are silently wrong (``../shared/NOTES.md``). So: the training instance gets
-``support_avx512bf16_for_cpu = False`` on every module (``disable_cpu_repacking``), and this module never runs an
+``support_avx512bf16_for_cpu = False`` on every module (``engine.models.disable_bf16_repacking``), and this module never runs an
 inference forward on it (no sampling or evaluation inside training; ``finetune.evaluate`` loads its own instance).
 
 A checkpoint (``OUT/checkpoint/``: adapter weights, optimizer, scheduler, step, RNG states) is written every
@@ -56,16 +56,6 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-def disable_cpu_repacking(model) -> int:
-    """Turn off bitsandbytes' one-way CPU repacking of 4-bit weights (the AVX512-BF16 trap) on every module."""
-    count = 0
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-            count += 1
-    return count
-
-
 def fast_compute_dtype(model) -> str:
     """Run 4-bit layers and the rest of the model in float32 on CPUs without AVX512-BF16.
 
@@ -92,7 +82,9 @@ def add_lora(model, config: TrainConfig):
     """The 4-bit model prepared for k-bit training with fresh LoRA adapters on all linear layers."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    disable_cpu_repacking(model)
+    from engine.models import disable_bf16_repacking
+
+    disable_bf16_repacking(model)
     fast_compute_dtype(model)
     # Freezes the base, keeps norms in fp32 for stable training and makes the embedding output require grad so
     # gradient checkpointing has something to backpropagate through.

@@ -82,7 +82,7 @@ def load_tiny(path, *, quantized=True, compute_dtype="float32", repacking_fix=Tr
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from finetune.train import disable_cpu_repacking
+    from engine.models import disable_bf16_repacking
     from engine.models import LoadedModel
 
     kwargs = {"dtype": torch.float32}
@@ -92,7 +92,7 @@ def load_tiny(path, *, quantized=True, compute_dtype="float32", repacking_fix=Tr
             bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
     model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu", **kwargs)
     if quantized and repacking_fix:
-        disable_cpu_repacking(model)
+        disable_bf16_repacking(model)
     return LoadedModel(model, AutoTokenizer.from_pretrained(path), "tiny-qwen2", "tiny-sha", "cpu")
 
 
