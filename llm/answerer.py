@@ -219,18 +219,17 @@ class AnswerStream:
         self.answer = self.answerer.finish(self.prepared, "".join(pieces))
 
 
-_answerers: dict = {}
-
-
 def _answerer(settings: Settings, retriever=None, kb=None) -> Answerer:
-    if retriever is None:
-        from retrieval import open_retriever
+    if retriever is not None:
+        return Answerer(settings, retriever)
+    return _kb_answerer(settings, None if kb is None else str(kb))
 
-        key = (settings, str(kb))
-        if key not in _answerers:
-            _answerers[key] = Answerer(settings, open_retriever(settings, kb))
-        return _answerers[key]
-    return Answerer(settings, retriever)
+
+@lru_cache(maxsize=4)  # a few knowledge bases open at once; the oldest retriever is let go beyond that
+def _kb_answerer(settings: Settings, kb: str | None) -> Answerer:
+    from retrieval import open_retriever
+
+    return Answerer(settings, open_retriever(settings, kb))
 
 
 def answer(question: str, history: Sequence[dict] | None = None, *, settings: Settings, retriever=None,
