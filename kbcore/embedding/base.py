@@ -1,0 +1,53 @@
+"""The embedder contract (``Embedder``), the preset it can build offline, and the e5 prefixes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from kbcore.config import EmbeddingSettings
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    model_id: str
+    dimension: int
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model we can build offline from a PyPI data package."""
+
+    model_id: str
+    dimension: int
+    query_prefix: str
+    passage_prefix: str
+
+
+E5_SMALL = Preset("multilingual-e5-small", 384, "query: ", "passage: ")
+PRESETS = {E5_SMALL.model_id: E5_SMALL}
+
+Precision = Literal["fp32", "bf16", "int8", "fp16"]
+# fp32 on CPUs: int8 drifted from the reference at no speed gain and bf16 is emulated without AVX512-BF16
+# (bench/bench_embed.py; figures in bench/README.md).
+DEFAULT_CPU_PRECISION: Precision = "fp32"
+DEFAULT_CUDA_PRECISION: Precision = "fp16"
+
+
+def resolve_prefixes(settings: EmbeddingSettings) -> tuple[str, str]:
+    """(query prefix, passage prefix): explicit settings win, then the preset's, else none."""
+    preset = PRESETS.get(settings.model)
+    query = settings.query_prefix if settings.query_prefix is not None else (preset.query_prefix if preset else "")
+    passage = (settings.passage_prefix if settings.passage_prefix is not None
+               else (preset.passage_prefix if preset else ""))
+    return query, passage
+
+
+def as_matrix(vectors, count: int, dimension: int) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(count, dimension))
