@@ -159,6 +159,9 @@ class LLMSettings:
     # look-alike judgments; bench/calibrate_relevance.py, bench/README.md). multilingual-e5 cosines are
     # compressed and differ between corpora; recalibrate for another embedding model.
     min_relevance: float = 0.875
+    # When the model's answer is unusable, a passage sentence is quoted only if it holds this share of the
+    # question's words; below it the sentence answers something else and the reply is "not found" (llm.eval).
+    min_quote_share: float = 0.25
     # Chat turns kept when rewriting a follow-up question.
     history_turns: int = 3
 

@@ -163,7 +163,7 @@ class Answerer:
             # No usable answer from the model: show the passage sentence that best matches the question, marked
             # as a quote, rather than the model's output or a guess; when no sentence matches it well enough,
             # the documents did not answer it.
-            quoted = quote(question, passages)
+            quoted = quote(question, passages, min_share=self.settings.llm.min_quote_share)
             if quoted is None:
                 return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=question,
                               search_query=prepared.search_query, degenerate=degenerate)

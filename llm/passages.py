@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from kbcore.text import document_opening, tagged_words
+from kbcore.text import NUMERALS, document_opening, tagged_words
 from kbcore.types import Hit
 from llm.checks import bigrams, content_of, numbers_in
 from llm.prompts import language_of
@@ -86,9 +86,11 @@ def select_passages(question: str, hits: Sequence[Hit], limit: int) -> list[Hit]
 _QUANTITY = re.compile(r"多少|几|多久|多长|多大|比例|期限|金额|哪[一]?天|何时|什么时候|日期|how (?:many|much|long)|when",
                        re.IGNORECASE)
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]?")
+# "第二十二条" numbers an article; it answers no "how many".
+_ORDINAL = re.compile(rf"第[{NUMERALS}\d]+[编章节条款项]")
 
 
-def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share: float = 1 / 3
+def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share: float = 0.25
           ) -> tuple[int, str] | None:
     """The passage sentence that shares most with the question, as (0-based passage, sentence): what the
     answer stage shows, quoted, when the model's own answer is unusable. None when even that sentence holds
@@ -114,13 +116,17 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share:
                 continue
             shared = len(asked & bigrams(content_of(sentence)))
             score = shared
-            if score and wants_number and numbers_in(sentence):
+            if score and wants_number and _states_number(sentence):
                 score += 2  # the question asks for an amount, a count or a time, and this sentence gives one
             if score > best_score:
                 best, best_score, best_shared = (i, sentence.strip()[:longest]), score, shared
-    if best is None or best_shared < min_share * len(asked) or (wants_number and not numbers_in(best[1])):
+    if best is None or best_shared < min_share * len(asked) or (wants_number and not _states_number(best[1])):
         return None
     return best
+
+
+def _states_number(sentence: str) -> bool:
+    return bool(numbers_in(_ORDINAL.sub("", sentence)))
 
 _LATIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[._+-][A-Za-z0-9]+)*")
 _YEAR = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2}) ?年")

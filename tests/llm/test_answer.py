@@ -79,15 +79,17 @@ def test_long_passages_are_trimmed_to_the_token_cap_never_an_error(tiny):
     assert prepared.passages[0].chunk.id == 1  # the best-ranked passage is the one kept
 
 
-def test_streamed_pieces_make_up_the_final_answer(tiny):
+def test_streamed_pieces_make_up_the_final_answer(tiny, monkeypatch):
     tiny_settings, loaded = tiny
     answerer = Answerer(tiny_settings, FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")]), loaded)
+    # A model that writes its answer in three pieces (the random model's text is unknowable; this one is not).
+    written = ["供应商应当", "具有良好的", "商业信誉。"]
+    monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter(written))
     stream = answerer.stream("供应商应当具备什么条件？")
-    pieces = list(stream)
-    assert len(pieces) > 1
-    assert stream.answer.found
-    assert stream.answer.text  # the random model's text, or the quote that replaced it
-    assert all(c.source == "a.pdf" for c in stream.answer.citations)
+    assert list(stream) == written
+    assert stream.answer.found and stream.answer.degenerate is None
+    assert stream.answer.text == "供应商应当具有良好的商业信誉[1]。"
+    assert [(c.index, c.source, c.pages) for c in stream.answer.citations] == [(1, "a.pdf", [2])]
 
 
 def test_a_generation_error_reaches_the_caller_and_the_model_thread_survives(tiny, monkeypatch):
@@ -191,6 +193,18 @@ def test_a_degenerate_generation_is_replaced_by_a_quote_of_the_best_passage(tiny
     monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter(["具有良好的商业信誉。" * 4]))
     looped = answerer.answer(question)
     assert looped.degenerate == "loop" and looped.text == "具有良好的商业信誉[1]。"
+
+
+def test_a_degenerate_generation_with_no_passage_sentence_on_the_question_is_not_found(tiny, monkeypatch):
+    """No usable answer, and the best passage sentence is about something else or gives no number where one is
+    asked: "not found", not a quote of a tangent."""
+    tiny_settings, loaded = tiny
+    passages = [hit(1, "第二十二条 供应商应当具有良好的商业信誉和健全的财务会计制度。")]
+    answerer = Answerer(tiny_settings, FixedRetriever(passages), loaded)
+    for question in ("采购代理机构的代理费用按什么标准收取？", "供应商的商业信誉要保持多少年？"):
+        monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None, q=question: iter([q]))
+        result = answerer.answer(question)
+        assert not result.found and result.text == NOT_FOUND["zh"] and result.degenerate == "echo", question
 
 
 def test_look_alike_documents_the_question_does_not_name_are_not_read(tiny):
