@@ -11,6 +11,8 @@ unset KBCHAT_NO_APP
 if [ "$no_app" = 1 ]; then
     exit 0
 fi
+# Streamlit holds an upload in memory up to its own cap before the app sees it: make that cap the setting's.
+max_upload_mb=$(.venv/bin/python -c "from kbcore.config import load_settings; print(load_settings().app.max_upload_mb)")
 echo "Opening the app at http://127.0.0.1:${PORT:-8501} (Ctrl-C stops it)"
 exec .venv/bin/streamlit run app/main.py --server.headless true --server.address 127.0.0.1 \
-    --server.port "${PORT:-8501}" --browser.gatherUsageStats false
+    --server.port "${PORT:-8501}" --browser.gatherUsageStats false --server.maxUploadSize "$max_upload_mb"
