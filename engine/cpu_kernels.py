@@ -1,8 +1,8 @@
 """CPU weight formats for serving: torch's dynamically quantised fbgemm kernels in place of every ``nn.Linear``.
 
 Decoding on a CPU is bound by the bytes of weight read per token, so int8 weights (a quarter of fp32's bytes)
-decode fast, and prompts run on fbgemm's int8 products, 1.3x float32's speed on AVX2 (NF4 weights, at half of
-int8's bytes, run on ``engine.nf4_cpu``'s kernel; see ``LLMSettings.quantization``). ``SharedProduct`` and
+decode fast, and prompts run on fbgemm's int8 products, faster than float32's (``bench/bench_llm.py --modes
+int8,fp32``). NF4 weights, at half of int8's bytes, run on ``engine.nf4_cpu``'s kernels; ``SharedProduct`` and
 ``fuse_projections`` serve both. Imported only when a model is loaded for the CPU: it needs torch.
 """
 
@@ -17,8 +17,8 @@ from torch import nn
 # Sibling projections that always read the same input: each group becomes one matrix (one weight stream and one
 # activation quantisation per token instead of three or two).
 FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-# Linear layers whose input is the MLP's gated activation. It carries outliers (up to 565 in Qwen2.5-0.5B, under
-# 180 elsewhere), concentrated in a few tokens, that flatten a scale shared by the whole input.
+# Linear layers whose input is the MLP's gated activation. It carries outliers, several times larger than other
+# layers' inputs and concentrated in a few tokens, that flatten a scale shared by the whole input.
 OUTLIER_INPUT_LAYERS = ("down_proj", "fc2", "w2", "dense_4h_to_h")
 
 
@@ -43,8 +43,7 @@ class PerTokenScaled(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # max and -min rather than abs().amax(): no |x| copy of a prompt's activations (0.7 against 1.6 ms
-        # per layer for 952 tokens).
+        # max and -min rather than abs().amax(): no |x| copy of a prompt's activations.
         scale = torch.maximum(x.amax(-1, keepdim=True), -x.amin(-1, keepdim=True)).clamp_min(1e-6)
         out = self.linear(x / scale) * scale
         return out if self.bias is None else out + self.bias
@@ -148,18 +147,18 @@ def fused_linear(module: nn.Module) -> SharedProduct | None:
 def quantize_for_cpu(model: nn.Module, mode: str) -> nn.Module:
     """Swap every ``nn.Linear`` for torch's dynamically quantised CPU kernel (fbgemm), in place.
 
-    ``int8``: per-channel int8 weights, activations quantised on the fly, with per-token scales for
-    ``OUTLIER_INPUT_LAYERS``. On a 952-token grounded prompt (bench_llm's) for Qwen2.5-0.5B, KL to fp32 over the
-    last 400 positions was 0.85 with one scale per call there, 0.090 with per-token scales, 0.072 with those
-    layers kept in fp16 (the previous choice, 20% slower to prefill); bitsandbytes NF4 measured 0.10.
-    ``fp16``: fp16 weights for all. Both compute in fp32.
+    ``int8``: per-channel symmetric int8 weights; activations quantised on the fly to 7 bits (torch's
+    ``reduce_range`` for fbgemm) with one scale and zero point per call, the inputs of ``OUTLIER_INPUT_LAYERS``
+    scaled per token first (``PerTokenScaled``): one scale per call there let a few outlier tokens flatten the
+    rest of a prompt, and keeping those layers in fp16 instead prefilled slower (divergence figures in
+    bench/README.md). ``fp16``: fp16 weights for all. Both compute in fp32.
     """
     from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     if mode not in ("int8", "fp16"):
         raise ValueError(f"CPU kernels are int8 or fp16, not {mode!r}")
     # Per-channel weight scales and one activation scale per call: a fused matrix computes exactly what its
-    # parts did, one 0.5B decode step took 40 ms instead of 44 (AVX2 EPYC).
+    # parts did, with one weight stream and one activation quantisation per token (bench/bench_llm.py).
     fuse_projections(model)
     if mode == "int8":
         for parent in list(model.modules()):

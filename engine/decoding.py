@@ -1,8 +1,9 @@
 """The decoding loop: prompt in, token ids out one at a time, then text pieces for streaming.
 
 Our own loop rather than ``model.generate``: generate's per-token machinery (logits processors over the whole
-vocabulary, stopping criteria, streamer hooks, cache bookkeeping) cost ~12 ms of each ~60 ms CPU decode step
-of the 0.5B. Here a step is one forward, a repetition penalty on the tokens already seen, and an argmax.
+vocabulary, stopping criteria, streamer hooks, cache bookkeeping) cost a large share of a small model's CPU
+decode step (``bench/bench_llm.py --generation app,transformers``). Here a step is one forward, a repetition
+penalty on the tokens already seen, and an argmax.
 Greedy decoding gives the tokens ``model.generate`` gives with the same settings (tests compare them).
 
 >>> import torch
@@ -114,8 +115,7 @@ def text_pieces(tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
     split across tokens (byte-level BPE cuts Chinese characters) waits for its last byte.
 
     Each step decodes only the tokens since the last piece and the ones before it, for context (how vLLM
-    detokenises): decoding the whole answer at every token cost 40 ms of a 384-token answer, growing with its
-    square.
+    detokenises): decoding the whole answer at every token costs time growing with the square of its length.
     """
     ids: list[int] = []
     context = pending = 0  # ids[context:pending] were emitted and give the next piece its context

@@ -7,11 +7,10 @@ each new token decodes. Two kinds, picked by ``model_forward``:
   (GPUs, bitsandbytes 4-bit, peft adapters, any architecture).
 - ``DecoderLayersForward``: Llama-family decoder layers (Qwen2, Llama) driven directly, with a static cache of
   one tensor for keys and one for values, and a ``PromptCache`` that carries the opening a prompt shares with the
-  previous one. On a CPU the model's forward spends as much time in Python
-  as in everything but the matrix products: for the 0.5B on a 952-token prompt a decode step took 50 ms
-  through transformers and 40 ms here, 31 of them in the int8 products (2-core AVX2 EPYC). One-token steps
-  then run their small operations in C (``engine.native``'s decode_ops) where it is built. It computes the same
-  logits (the tests compare both on the same weights, with and without the C operations).
+  previous one. On a CPU transformers' forward spends as much time in Python as in everything but the matrix
+  products; a step here is little more than the products (``bench/bench_llm.py --generation app,transformers``).
+  One-token steps then run their small operations in C (``engine.native``'s decode_ops) where it is built. It
+  computes the same logits (the tests compare both on the same weights, with and without the C operations).
 """
 
 from __future__ import annotations
@@ -46,8 +45,8 @@ def model_forward(loaded, capacity: int) -> Forward:
 class PromptCache:
     """Keys and values of the last prompt, so that the next one is prefilled only from where the two part.
 
-    Every grounded prompt opens with the same system prompt and chat-template tokens (about 130 of the 952 in
-    bench_llm's prompt), and prefill is compute-bound on a CPU: reusing them saves their share of it.
+    Every grounded prompt opens with the same system prompt and chat-template tokens, and prefill is
+    compute-bound on a CPU: reusing them saves their share of it (bench/bench_llm.py's "TTFT next").
     """
 
     # Shorter shared openings are not worth a copy of the cache.
@@ -81,7 +80,7 @@ class TransformersForward:
         self.model = model
         self.cache = preallocated_cache(model.config, capacity)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        # Only the last position's logits: on a 952-token prompt the full logits are 580 MB of fp32.
+        # Only the last position's logits: a long prompt's full logits are hundreds of MB of fp32.
         self.extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -199,9 +198,8 @@ class DecoderLayersForward:
         return attention.o_proj(out)
 
     def _native_prefill(self, rotated: torch.Tensor) -> bool:
-        """Whether a prompt's attention runs in engine.native's prefill_attention: 1.5x torch's (15.2 against
-        22.8 ms a layer for the 0.5B's 952-token prompt, 2-core AVX2 EPYC), as it skips every block of scores
-        above the diagonal."""
+        """Whether a prompt's attention runs in engine.native's prefill_attention, faster than torch's as it skips
+        every block of scores above the diagonal (bench/bench_llm.py times prefills)."""
         return (self.native is not None and rotated.dtype == torch.float32 and rotated.stride(-1) == 1
                 and rotated.stride(-2) == self.head_dim and self.head_dim % 16 == 0 and self.head_dim <= 256)
 
@@ -231,8 +229,8 @@ class DecoderLayersForward:
 
     def _decode_token(self, hidden: torch.Tensor) -> torch.Tensor:
         """``_forward`` for one token with engine.native's decode_ops: the same arithmetic as the torch ops in
-        float32 (to rounding), without dispatching a dozen small operations per layer. The 0.5B's step on a
-        2-core AVX2 EPYC: 38.8 -> 31.4 ms with NF4 weights, 45.2 -> 36.8 ms with int8."""
+        float32 (to rounding), without dispatching a dozen small operations per layer (bench/bench_llm.py's
+        decode speed)."""
         native, layers, position = self.native, self.layers, self.length
         size, heads, kv_heads, head_dim = hidden.shape[-1], self.heads, self.kv_heads, self.head_dim
         cos, sin = self.model.model.rotary_emb(hidden, torch.tensor([[position]]))

@@ -1,8 +1,8 @@
 """A key/value cache that writes each new token into room reserved up front instead of growing by concatenation.
 
 transformers' ``DynamicCache`` appends with ``torch.cat``, copying every layer's whole cache at every decoded
-token: on a 952-token prompt that was 28% of a CPU decode step (10.9 of 39.6 ms, 0.5B int8). Its
-``StaticCache`` copies nothing but attends over its full length at every step, which only pays off compiled.
+token: after a long prompt, a large share of a CPU decode step. Its ``StaticCache`` copies nothing but attends
+over its full length at every step, which only pays off compiled.
 This cache reserves room for the prompt and the answer once and hands attention a view of the filled part.
 
 >>> import torch

@@ -162,7 +162,7 @@ def cpu_has_native_bf16() -> bool:
 
 def disable_bf16_repacking(model) -> int:
     """bitsandbytes repacks 4-bit weights for good on the first no-grad forward on AVX512-BF16 CPUs, for a bf16
-    kernel; that silently breaks gradients through them afterwards (NOTES). Training instances never repack.
+    kernel; that silently breaks gradients through them afterwards. Training instances never repack.
     Returns how many modules it turned it off on."""
     count = 0
     for module in model.modules():
@@ -174,7 +174,7 @@ def disable_bf16_repacking(model) -> int:
 
 def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) -> str:
     """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (engine/csrc/nf4_kernel.c: AVX2, FMA, a C
-    compiler); int8 elsewhere (see ``LLMSettings.quantization`` for the measurements)."""
+    compiler; what they compute: ``engine.nf4_cpu``); int8 elsewhere (``bench/bench_llm.py`` compares them)."""
     if settings.quantization != "auto":
         return settings.quantization
     if device == "cuda":
@@ -200,11 +200,9 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     quantization = "nf4" if for_training else resolve_quantization(settings, device, cache_dir)
     cpu_kernels = device == "cpu" and quantization in ("int8", "fp16")
     kwargs: dict = {}
-    # On CUDA bf16 is the natural compute type, and on CPUs with native bf16 (AVX512-BF16, AMX) bitsandbytes'
-    # NF4 layers served with it decoded 20.0 tok/s against 18.1 in fp32 (0.5B, 952-token prompt, Sapphire
-    # Rapids). Elsewhere torch 2.13 emulates bf16 at under 1 GFLOPS (900x896 @ 896x4864 took 11.9 s in bf16,
-    # 0.31 s in fp32 on an AVX2 EPYC). Our NF4 kernels compute in fp32 on any CPU: on a Zen 4 EPYC (native bf16)
-    # NF4 in bf16 prefilled on the dequantised bf16 matrix in 2.26 s, in fp32 on the prompt kernel in 1.5 s.
+    # NF4 computes in bf16 on CUDA and, when serving, in bitsandbytes' layers on CPUs with native bf16
+    # (AVX512-BF16, AMX), where it beat fp32; in fp32 elsewhere, as torch emulates bf16 slowly, and always on our
+    # NF4 kernels, whose prompt kernel takes fp32 only (bench/bench_llm.py).
     native_bf16 = device == "cuda" or (not for_training and cpu_has_native_bf16())
     on_our_kernels = (device == "cpu" and quantization == "nf4" and not for_training
                       and nf4_kernels_run(settings, cache_dir))

@@ -1,10 +1,21 @@
-"""bitsandbytes NF4 weights served on a CPU by our own AVX2 kernel (``nf4_kernel.c``).
+"""bitsandbytes NF4 weights served on a CPU by our own kernels (``engine/csrc/nf4_kernel.c``; AVX2 and FMA).
 
-bitsandbytes' CPU 4-bit path decoded Qwen2.5-0.5B at 3 tok/s on an AVX2 EPYC: it has no fast kernel without
-AVX512. Decoding reads every weight once per token, so 4-bit weights should be the fastest format there is;
-``NF4Linear`` keeps bitsandbytes' own quantised weights (NF4 codes, double-quantised absmax, blocks of 64) and
-multiplies them with small C kernels (``engine.native``: compiled once with the system's C compiler): one for
-decoding, bound by memory, and one for prompts, bound by arithmetic.
+bitsandbytes' own CPU 4-bit layers have no fast kernel without AVX512, yet decoding reads every weight once per
+token, so the smallest weights should be the fastest (``bench/bench_llm.py --modes nf4,nf4-bnb`` compares the
+two). ``NF4Linear`` keeps bitsandbytes' quantised weights (NF4 codes, double-quantised absmax, blocks of 64) and
+multiplies them in C (``engine.native``: compiled once with the system's C compiler). Exactly what is computed:
+
+- Weights: bitsandbytes' NF4 in every layer bitsandbytes quantised, and in the output layer too, which
+  bitsandbytes keeps in float (``use_nf4_kernel`` quantises it the same way).
+- Prompt kernel, for float32 calls of ``PROMPT_KERNEL_TOKENS`` tokens or more with a multiple of 8 output rows
+  (prompts): NF4 values rounded to 8-bit integers in [-63, 63] times the input quantised to 7 bits (0..127, with
+  a zero point) per token and block of 64, summed in integers per block, then scaled in float32. On AVX512-VNNI
+  CPUs other instructions compute the same integers. bitsandbytes keeps activations in float;
+  ``tests/engine/test_nf4_cpu.py`` bounds the difference.
+- 16-bit kernel, for other calls of up to ``MAX_KERNEL_TOKENS`` tokens (decoding, and the output layer, which
+  serving gives only the last position): NF4 values as 16-bit integers times the input quantised to 16-bit
+  integers per token and block of 64 (no zero point), summed in int32 per block, then scaled in float32.
+- Anything else (long calls in bf16): the dequantised matrix, in the input's dtype.
 
 Where no compiler, no AVX2 or an unsupported layer shape is found, the bitsandbytes layers stay as they are.
 """
@@ -22,14 +33,11 @@ from engine.native import NF4Weight, load_native
 
 BLOCK = 64
 W_ONE = 16000.0  # nf4_kernel.c's scale of the int16 code table
-# Calls of this many tokens or more in float32 run on the prompt kernel (bytes, 7-bit input, many tokens per pass
-# over the weights; ~1.7% relative error against the dequantised product). On an AVX2 EPYC it beat the 16-bit
-# kernel from 8 tokens on (gate/up: 0.94 against 1.27 ms) and the dequantised matrix on 952 tokens (89 against
-# 146 ms).
+# Float32 calls of this many tokens or more run on the prompt kernel (8-bit weights, 7-bit inputs, many tokens per
+# pass over the weights): from here on it beats the 16-bit kernel (bench/bench_llm.py times prefills).
 PROMPT_KERNEL_TOKENS = 8
-# Otherwise up to this many tokens run on the 16-bit kernel (decoding: exact to ~1e-4, one pass over the weights
-# per 4 tokens), and longer inputs in another dtype (bf16, which the prompt kernel doesn't take) on the
-# dequantised matrix.
+# Otherwise up to this many tokens run on the 16-bit kernel (one pass over the weights per 4 tokens), and longer
+# inputs in another dtype (bf16, which the prompt kernel doesn't take) on the dequantised matrix.
 MAX_KERNEL_TOKENS = 64
 
 
@@ -106,7 +114,7 @@ class NF4Linear(nn.Module):
 def quantize_nf4(weight: torch.Tensor, library: ctypes.CDLL) -> tuple[torch.Tensor, object]:
     """``bitsandbytes.functional.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")``,
     the same codes and state, with the coding done by the kernel library: bitsandbytes' CPU path codes on one
-    thread (3.8 s for the 0.5B's 136M-value output layer, most of the model's load time left to us)."""
+    thread, which made the output layer most of a model's load time (``bench/bench_llm.py`` reports load time)."""
     from bitsandbytes.functional import QuantState, get_4bit_type, quantize_blockwise
 
     values = weight.float().contiguous()
@@ -125,8 +133,8 @@ def quantize_nf4(weight: torch.Tensor, library: ctypes.CDLL) -> tuple[torch.Tens
 
 
 def weight_structs(linears: list[NF4Linear], cached: tuple | None) -> tuple:
-    """``(addresses, ctypes array of NF4Weight)`` for ``linears``: ``cached`` while their buffers haven't moved.
-    Building the structures takes ~12 us, a tenth of a small projection's time."""
+    """``(addresses, ctypes array of NF4Weight)`` for ``linears``: ``cached`` while their buffers haven't moved,
+    since building the structures on every call costs a visible share of a small projection's time."""
     addresses = tuple(l.packed.data_ptr() for l in linears)
     if cached is not None and cached[0] == addresses:
         return cached
@@ -196,7 +204,7 @@ def dequantized_product(x: torch.Tensor, linears: list[NF4Linear], owner: nn.Mod
 
 class Scratch:
     """One float32 buffer that a model's prompt-length products dequantise their weights into, in turn: a fresh
-    35 MB buffer for the 0.5B's gate/up matrix cost 9 ms of page faults per layer, 0.3 s of a prompt."""
+    buffer per product would pay its page faults again in every layer."""
 
     def __init__(self):
         self.buffer = torch.empty(0)
@@ -238,9 +246,9 @@ def use_nf4_kernel(model: nn.Module, cache_dir: Path) -> int:
     output layer (which bitsandbytes keeps in float) the same way; returns how many layers now run on the kernel
     (0 where it can't be built here).
 
-    The output layer is the largest matrix of a small model (136M of the 0.5B's 494M weights): in float32 it alone
-    would read 545 MB per token. In NF4, KL to the float model on bench_llm's prompt went from 0.090 to 0.115,
-    against 0.113 with int8 (0.096 for the int8 serving mode).
+    The output layer is the largest matrix of a small model (136M of the 0.5B's 494M weights), read whole for every
+    token: NF4 reads an eighth of float32's bytes, for a small rise in divergence from the float model (figures in
+    bench/README.md).
     """
     library = load_native(cache_dir)
     if library is None:

@@ -2,8 +2,8 @@
  * token RMSNorm, rotary embedding, the key/value cache write, attention over the cache, and the SiLU-gated
  * product; for a prompt its causal attention (at the end of this file) and the SiLU-gated product.
  *
- * Each is a handful of torch operations on vectors of a few thousand floats, so a decode step spent more time
- * dispatching them (about a third of a 0.5B step on a 2-core EPYC) than computing. Float32 throughout; the
+ * Each is a handful of torch operations on vectors of a few thousand floats, so in torch a decode step spent
+ * more time dispatching them than computing (bench/bench_llm.py's decode speed). Float32 throughout; the
  * results match torch's to float rounding (tests compare the whole forward). engine/forward.py calls these.
  */
 #include <immintrin.h>
@@ -136,8 +136,8 @@ void decode_attention(float *qkv, const float *cos, const float *sin, float *key
 /* Prompts: causal attention of `new` queries at positions start .. start + new - 1 over keys and values
  * 0 .. start + new - 1 of one layer's cache (kv_heads x capacity x head_dim), flash-attention style: blocks of
  * 32 queries of one head against blocks of 64 keys with a running softmax, so a block of scores never leaves
- * the cache, and no block above the diagonal is computed. torch's CPU kernel computed about a third of those too
- * (0.5B, 952 tokens: 22.8 ms a layer causal, 29.9 ms for all of them). Queries: row r of head h at
+ * the cache, and no block above the diagonal is computed, where torch's causal CPU kernel saved only part of
+ * that work (bench/bench_llm.py times prefills). Queries: row r of head h at
  * q[r * q_stride + h * head_dim]; out: new x heads x head_dim. Needs head_dim a multiple of 16, at most 256. */
 #define QUERY_BLOCK 32
 #define KEY_BLOCK 64

@@ -8,8 +8,8 @@
  *
  * Decoding reads every weight once per token, so it is bound by memory traffic: the 4-bit codes are turned into
  * 16-bit integers with two byte shuffles (the NF4 code * W_ONE, exact to 3e-5 of a block's absmax) and multiplied
- * with the input quantised to 16 bits per block of 64 (exact to 6e-5 of that block's largest value), eight
- * products summed per int32 lane before one conversion to float per block.
+ * with the input quantised to 16 bits per token and block of 64 (steps of 6e-5 of that block's largest value),
+ * eight products summed per int32 lane before one conversion to float per block.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -174,15 +174,14 @@ void nf4_encode(const float *w, int64_t n, const float *absmax, const float *mid
 
 /* Prompts: products of many tokens, bound by arithmetic rather than memory.
  *
- * The weights of 32 rows at a time are expanded into bytes, the NF4 values as integers in [-63, 63] (exact to
- * 0.4% of a block's absmax, well inside NF4's own steps), and the input is quantised to 7 bits per token and
- * block of 64 with its own zero point. `vpmaddubsw` then multiplies 32 byte pairs per instruction, and with
- * these ranges two of its 16-bit sums add up without overflow before they are widened. On two Zen 2 cores the
- * 0.5B's gate/up product of a 952-token prompt took 89 ms here against 146 ms dequantised (MKL, float32); in a
- * prototype, widening after every instruction (what int8 kernels without VNNI do) took 1.3x as long. With
- * AVX512-VNNI (the tiles below) one vpdpbusd replaces the five instructions, on the same integers; a tile then
- * takes four groups of eight rows at once. On two Zen 4 cores a prefill of that prompt took 1.49 s against 2.08 s
- * on the AVX2 tiles. */
+ * The weights of 32 rows at a time are expanded into bytes, the NF4 values rounded to integers in [-63, 63]
+ * (steps of 1/63 of a block's absmax, well inside NF4's own), and the input is quantised to 7 bits (0..127) per
+ * token and block of 64 with its own zero point: unlike bitsandbytes, which keeps activations in float.
+ * `vpmaddubsw` then multiplies 32 byte pairs per instruction, and with these ranges two of its 16-bit sums add
+ * up without overflow before they are widened: faster than the dequantised float32 matrix, and than widening
+ * after every instruction as int8 kernels without VNNI do. With AVX512-VNNI (the tiles below) one vpdpbusd
+ * replaces the five instructions, on the same integers, and a tile takes four groups of eight rows at once.
+ * bench/bench_llm.py times prefills on either. */
 #define PROMPT_W_ONE 63.0f
 #define PROMPT_X_MAX 127.0f
 #define PANEL 32 /* rows expanded at once; the tokens' input is read once per panel */
@@ -332,8 +331,8 @@ void silu_mul_row(const float *gate_up, float *out, int64_t width);
 
 /* nf4_linear for prompts (see above): y (M, sum of rows) = x (M, K) times the `count` matrices, side by side;
  * or, `gated`, y (M, rows) = silu(x gate^T) * (x up^T) for the two matrices gate and up of one shape (a SiLU-gated
- * MLP), whose panels then hold 16 rows of each: the products never leave the cache (for the 0.5B's 952-token
- * prompt they would be 37 MB a layer, written, faulted in and read again).
+ * MLP), whose panels then hold 16 rows of each: the products never leave the cache (for a long prompt they
+ * would be tens of MB a layer, written, faulted in and read again).
  * code: the 16 NF4 values. The rows (of each, gated) must be a multiple of 8. Scratch: xu M * K bytes, xs and
  * xzs M * K / 64 floats. vnni: use the AVX512-VNNI tiles (only where nf4_prompt_has_vnni()). */
 void nf4_prompt_linear(const nf4_weight *parts, int64_t count, const float *code, const float *x, float *y,
