@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Sequence
 
 from ingest.parse import SUPPORTED_SUFFIXES as PARSER_SUFFIXES
 from kbcore.config import Settings
+from kbcore.locations import location_label
 from kbcore.store import KnowledgeBase
-from kbcore.text import HEADING_SEPARATOR
 from kbcore.types import Citation
 
 FILES_DIR = "files"
@@ -289,49 +289,6 @@ _MARKDOWN_SPECIAL = re.compile(r"[\\`*_{}\[\]<>()#+\-.!|~$:/=&\"']")
 
 
 # ---------------------------------------------------------------- chat
-def pages_label(pages: Sequence[int]) -> str:
-    """
-    >>> pages_label([3]), pages_label([3, 4, 5]), pages_label([])
-    ('p. 3', 'pp. 3–5', '')
-    """
-    if not pages:
-        return ""
-    return f"p. {pages[0]}" if len(pages) == 1 else f"pp. {pages[0]}–{pages[-1]}"
-
-
-def location_label(source: str, pages: Sequence[int], heading: str = "") -> str:
-    """Where in the file to look, as its program shows it: pages of a PDF or Word file, slides of a deck, the
-    sheet (named by the last part of the chunk's ``heading`` path when given) and rows of a workbook.
-
-    >>> location_label("课件.pptx", [3]), location_label("课件.pptx", [3, 4])
-    ('slide 3', 'slides 3–4')
-    >>> location_label("表.xlsx", [2_000_005, 2_000_006, 2_000_007], "表 > 销售")
-    'sheet 销售 rows 5–7'
-    >>> location_label("表.xlsx", [1_000_002]), location_label("报告.docx", [4, 5])
-    ('sheet 1 row 2', 'pp. 4–5')
-    """
-    if not pages:
-        return ""
-    suffix = Path(source).suffix.lower()
-    first, last = pages[0], pages[-1]
-    if suffix == ".pptx":
-        return f"slide {first}" if first == last else f"slides {first}–{last}"
-    if suffix == ".xlsx":
-        return _rows_label(first, last, heading)
-    return pages_label(pages)
-
-
-def _rows_label(first: int, last: int, heading: str) -> str:
-    """Sheet and rows of a workbook's page numbers (``ingest.office.sheet_row_page``)."""
-    from ingest.office import sheet_and_row
-
-    (sheet, row), (last_sheet, last_row) = sheet_and_row(first), sheet_and_row(last)
-    if sheet != last_sheet:  # a passage widened across sheets: its rows mean nothing together
-        return f"sheets {sheet}–{last_sheet}"
-    name = heading.rsplit(HEADING_SEPARATOR, 1)[-1] if heading else str(sheet)
-    return f"sheet {name} row {row}" if row == last_row else f"sheet {name} rows {row}–{last_row}"
-
-
 def citation_label(c: Citation, heading: str = "") -> str:
     """The label of a cited passage; ``heading`` is its chunk's heading path (it names a workbook's sheet).
 

@@ -8,7 +8,7 @@
   more filled cells, when they are all text, is the header (rows above it, such as a title, are lines of
   their own): it is a line too, and every later row carries it as ``表头: 值`` pairs, so a row read alone
   (in a chunk without the header) still says what its numbers are. A row's page number encodes sheet and
-  row (``sheet_row_page``), so a chunk's pages are its row range within its sheet.
+  row (``kbcore.locations.sheet_row_page``), so a chunk's pages are its row range within its sheet.
 - ``.pptx``: each slide a page (page number = slide number), its title the heading, then the text frames and
   tables in the slide's order, then the speaker notes.
 
@@ -18,9 +18,6 @@ Office files are zip containers. Before a library opens one, its members' declar
 to the limits: Python's zipfile never inflates a member past its declared size (a lie fails the CRC check),
 so a zip bomb is refused before any work. A password-protected file is not a zip but an OLE container with
 an ``EncryptedPackage`` stream; old binary formats (.doc/.xls/.ppt) are refused with how to convert them.
-
->>> sheet_row_page(2, 15), sheet_and_row(2_000_015)
-(2000015, (2, 15))
 """
 
 from __future__ import annotations
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kbcore.config import LimitSettings
+from kbcore.locations import ROWS_PER_SHEET, sheet_row_page
 from ingest.parse import (_MAGIC_NAMES, _USELESS_TITLE, TABLE_CELL_SEPARATOR, Heading, Page, ParsedDocument,
                           ParseError, _cell_text, _check_chars, _first_line)
 
@@ -40,9 +38,6 @@ KIND_NAMES = {"docx": "Word document", "xlsx": "Excel workbook", "pptx": "PowerP
 LEGACY_FORMATS = {".doc": ("docx", "Word 97-2003"), ".xls": ("xlsx", "Excel 97-2003"),
                   ".ppt": ("pptx", "PowerPoint 97-2003")}
 
-# A sheet's rows are numbered sheet * ROWS_PER_SHEET + row: page numbers of a workbook then ascend through
-# its sheets, as the splitter needs, and a citation's pages still say which sheet and rows it quotes.
-ROWS_PER_SHEET = 1_000_000
 # A deck needs about four members a slide (slide, notes, and their relationship files) besides those its
 # template brings (layouts, masters, themes); a document or workbook far fewer a page. More is a zip built
 # to make work, so members are held to MEMBERS_PER_PAGE * max_pages + TEMPLATE_MEMBERS.
@@ -52,16 +47,6 @@ TEMPLATE_MEMBERS = 200
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # The stream an encrypted OOXML file keeps its zip in; OLE directory names are UTF-16LE.
 _ENCRYPTED_STREAM = "EncryptedPackage".encode("utf-16-le")
-
-
-def sheet_row_page(sheet: int, row: int) -> int:
-    """The page number of ``row`` (1-based, as Excel shows it) of the ``sheet``-th sheet (1-based)."""
-    return sheet * ROWS_PER_SHEET + row
-
-
-def sheet_and_row(page: int) -> tuple[int, int]:
-    """(sheet, row) of a workbook page number made by ``sheet_row_page``."""
-    return divmod(page, ROWS_PER_SHEET)
 
 
 def legacy_reason(suffix: str) -> str:

@@ -11,6 +11,7 @@ import json
 import sys
 
 from kbcore.config import load_settings
+from kbcore.locations import location_label
 from kbcore.store import KnowledgeBaseError
 from engine.adapters import AdapterError
 from engine.models import ModelProvisionError
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.citations:
         print("\n来源 / Sources:")
         for c in result.citations:
-            pages = ", ".join(map(str, c.pages))
-            print(f"  [{c.index}] {c.source} p. {pages}: {c.snippet[:80]}")
+            print(f"  [{c.index}] {c.source} {location_label(c.source, c.pages)}: {c.snippet[:80]}")
     if args.json:
         print(json.dumps({"answer": result.text, "found": result.found, "search_query": result.search_query,
                           "citations": [{"source": c.source, "pages": c.pages, "snippet": c.snippet}

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.state import location_label
 from ingest.clean import clean_document
-from ingest.office import sheet_and_row
+from kbcore.locations import location_label, sheet_and_row
 from ingest.parse import TABLE_CELL_SEPARATOR, ParseError, parse_file
 from ingest.split import split_document
 from kbcore.config import LimitSettings
