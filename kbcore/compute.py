@@ -1,9 +1,9 @@
 """One thread for the process's torch compute.
 
 Every thread that runs torch ops on a CPU gets an OpenMP pool of its own. Once a second pool existed, the LLM
-decoded at 15 tok/s instead of 23.5 (0.5B int8, 952-token prompt, 2 cores), from the first query embedded on
-another thread onwards, and it stayed there; embedding the query on the model's thread kept 23.5. So models
-load and generate, and queries and passages are embedded, on this one thread.
+decoded markedly slower from the first query embedded on another thread onwards, for good; embedding the query
+on the model's thread kept its speed (bench/bench_llm.py embeds a question before each prompt, as retrieval
+does). So models load and generate, and queries and passages are embedded, on this one thread.
 
 >>> run(lambda: threading.current_thread().name).startswith(THREAD_NAME)
 True

@@ -6,8 +6,7 @@ place. Chunk ids come from ``AUTOINCREMENT`` and are never reused, and re-embedd
 bumps the ``vectors_epoch`` setting in its own transaction; the index file records the epoch it was built
 at. So an index of the expected type whose id set and epoch equal the database's holds exactly the right
 vectors; any other index (stale, cut short, of another type, built by a reader that raced a re-embedding) is
-rebuilt from the stored vectors (a flat index over 100k vectors builds in well under a second). No pickle
-anywhere.
+rebuilt from the stored vectors (a flat index is a copy of them, cheap to rebuild). The store holds no pickle.
 
 >>> import tempfile, numpy as np
 >>> kb = KnowledgeBase.create(tempfile.mkdtemp(), embedding_model="demo", dimension=2)
@@ -268,7 +267,7 @@ class KnowledgeBase:
     def _faiss_index(self):
         import faiss
 
-        # One query against a flat index is faster on one OpenMP thread than two here (8.6 vs 20 ms at 100k).
+        # One query against a flat index runs faster on one OpenMP thread than on two (bench/bench_retrieval.py).
         faiss.omp_set_num_threads(1)
         with self._lock:
             generation = self.generation

