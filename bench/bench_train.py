@@ -6,7 +6,7 @@ Each configuration runs in its own process (so its peak RSS is its own): load th
 on all linear layers with gradient checkpointing and 8-bit AdamW (``finetune.train``), run one warm-up step and
 ``--steps`` timed steps of batch 1 on real text (``../shared/eval/finetune/train.jsonl``), every token an answer
 token. ``--baseline-dtype auto`` is bfloat16 where the hardware has it natively (GPU, AVX512-BF16 CPU) and float32
-elsewhere: emulated bfloat16 is 5-80x slower per layer on AVX2 CPUs, which would measure the emulation, not LoRA.
+elsewhere: emulated bfloat16 is many times slower per layer on AVX2 CPUs, which would measure the emulation, not LoRA.
 """
 
 from __future__ import annotations

@@ -317,8 +317,9 @@ def _cell_text(cell: str | None) -> str:
 
 
 def _may_hold_table(page) -> bool:
-    """Cheap test (about 1 ms) before the slow table finder (100-270 ms a page): a ruled table has a vertical
-    rule with cells on both sides, i.e. horizontal rules reaching past it to the left and to the right.
+    """Cheap test before pymupdf's table finder, which is slow on every page (bench/bench_ingest.py's parse
+    stage): a ruled table has a vertical rule with cells on both sides, i.e. horizontal rules reaching past it
+    to the left and to the right.
     The frame of a code box has rules on one side only, so it does not count."""
     horizontal: list[tuple[float, float, float]] = []  # (y, x_min, x_max)
     vertical: list[tuple[float, float, float]] = []  # (x, y_min, y_max)
@@ -375,7 +376,8 @@ _MD_FENCE = re.compile(r"^\s*(```|~~~)")
 
 def markdown_heading(line: str) -> tuple[int, str] | None:
     """(level, title) of an ATX heading line (``## Title ##``), else None. Plain string steps, linear in the
-    line: the regular expression this replaces backtracked cubically on ``# a`` + spaces + ``b``.
+    line: the regular expression this replaces backtracked cubically on ``# a`` + spaces + ``b``
+    (bench/bench_hostile.py).
 
     >>> markdown_heading("## 细则 ##"), markdown_heading("# C#"), markdown_heading("#标签"), markdown_heading("####### x")
     ((2, '细则'), (1, 'C#'), None, None)
@@ -410,7 +412,8 @@ def _parse_markdown(path: Path, text: str) -> ParsedDocument:
 
 # What the HTML tokenizer looks for at a "<". Each search starts where the last one ended and a construct left
 # open (a comment, a tag, a script) runs to the end of the file, as in browsers, so the whole file is read once:
-# html.parser took 12 s on 200 KB of unclosed comments and raised AssertionError on "<![" repeated.
+# html.parser was quadratic on unclosed comments and raised AssertionError on "<![" repeated
+# (bench/bench_hostile.py, tests/ingest/test_bounded.py).
 _TAG = re.compile(r"<(/?)([A-Za-z][^\t\n\r\f />\x00]*)")
 _TAG_END = re.compile(r"""(?:[^>"']++|"[^"]*+"|'[^']*+')*+>""")  # attributes, quoted ">" included
 _RAW_TEXT_END = {name: re.compile(rf"</{name}\b", re.IGNORECASE) for name in ("script", "style", "noscript",

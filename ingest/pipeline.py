@@ -326,7 +326,7 @@ class _Ingester:
         if len(chunks) > limits.max_chunks:
             return failed(f"{len(chunks):,} chunks, over the limit of {limits.max_chunks:,} "
                           f"(setting limits.max_chunks)", parsed.page_count)
-        # BM25 tokens (jieba); its dictionary loads on first use, about a second, once per process.
+        # BM25 tokens (jieba); its dictionary loads on first use, once per process.
         chunk_openings = openings(chunks, self.opening_chars)
         tokens = [chunk_tokens(c.heading, c.text, o) for c, o in zip(chunks, chunk_openings)]
         self._timed("tokens", t)

@@ -8,8 +8,8 @@ How a chunk is made:
   followed at once by its first section) joins the next section's first chunk.
 - Within a section, text is cut into sentences (ends ``。！？；`` and ``. ! ?`` before a space) and sentences
   are packed up to ``chunk_size`` characters. In regulations each article (``第X条`` at a line start) is a
-  chunk of its own: packed three to a chunk, a short article's words were outweighed by its neighbours', and
-  on ../shared/eval's regulation questions hybrid hit@1 went from .825 to .900 (FAQ unchanged at .986). A
+  chunk of its own: packed three to a chunk, a short article's words were outweighed by its neighbours' and
+  the regulation questions' hit@1 fell (``python -m retrieval.eval`` on ../shared/eval). A
   paragraph that runs over the size limit is cut between sentences, and the next chunk repeats up to
   ``chunk_overlap`` characters of whole sentences.
   Only a sentence longer than a chunk is cut inside (after ，、：; or, failing that, anywhere).
@@ -44,7 +44,7 @@ _STRUCTURAL_LEVEL = {"编": 1, "章": 2, "节": 3}
 _NUMBER_LINE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[A-Z](?:\.\d+)*|chapter\s+\d+|第\s*\d+\s*章|附录\s*[A-Z])$",
                           re.IGNORECASE)
 # Runs of dots match from their first dot only (and possessively): started at every dot of a long run, the
-# search was quadratic in the run's length.
+# search was quadratic in the run's length (tests/ingest/test_bounded.py; timings in bench/README.md).
 _SENTENCE_END = re.compile(r"[。！？；!?]+[”’」』）)\]】]*|(?<!\.)\.++[”’」』）)\]】]*+(?=\s)|…{1,2}[”’」』）)】]*")
 _SOFT_BREAK = re.compile(r"[，、：,:]")
 
