@@ -7,7 +7,7 @@ of each stage (scan = walk + hash, parse, clean, split, tokens = BM25 tokens, mo
 (0 here: it is loaded before the runs), embed, store). Text work
 runs in a helper thread beside embedding, so stage times can add up to more than the wall-clock seconds;
 "non-emb" is the share of wall-clock time not spent embedding. Loading the embedding model is timed on its
-own and is not part of either run. Goals on the 2-core dev machine:
+own and is not part of either run. Goals on a 2-core CPU:
 first ingest <= 45 s, everything but embedding < 10 % of it, unchanged re-ingest >= 500 pages/s.
 """
 

@@ -5,7 +5,7 @@
 
 ``nf4-bnb`` is NF4 through bitsandbytes' own CPU layers instead of our kernel (``engine/csrc/nf4_kernel.c``). Each mode
 runs in its own subprocess (so peak RSS is its own); ratios are against the first mode. ``bf16`` is
-left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there and a prefill takes minutes).
+left out, with a message, on CPUs without AVX512-BF16 (torch emulates it there, far too slowly to time).
 The prompt is the real grounded prompt for a question, with retrieved passages from ../shared/eval/docs filling
 about 850 tokens. ``app`` generation is the answer stage's own (``Answerer.generate``: engine.decoding's loop over
 engine.forward, repetition penalty and first-token ban); ``--generation transformers`` runs the same settings
