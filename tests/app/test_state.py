@@ -30,9 +30,14 @@ def test_reupload_replaces_the_stored_file(tmp_path):
 
 
 def test_rejected_uploads_become_failed_rows_without_ingesting(tmp_path, settings):
-    rows = state.ingest_uploads([("x.exe", b"MZ")], settings, tmp_path / "kb")
-    assert rows == [{"file": "x.exe", "status": "failed", "reason": rows[0]["reason"], "pages": 0, "chunks": 0}]
-    assert "unsupported" in rows[0]["reason"]
+    # The second upload was refused before it reached ingest_uploads (the app passes the error in its place).
+    too_big = state.AppInputError("file is 3.0 MB, over the 1 MB limit")
+    rows = state.ingest_uploads([("x.exe", b"MZ"), ("../报告.PDF", too_big)], settings, tmp_path / "kb")
+    assert rows == [
+        {"file": "x.exe", "status": "failed", "pages": 0, "chunks": 0,
+         "reason": "unsupported file type (supported: .pdf, .txt, .md, .markdown, .html, .htm, .docx, .xlsx, .pptx)"},
+        {"file": "报告.pdf", "status": "failed", "reason": "file is 3.0 MB, over the 1 MB limit", "pages": 0, "chunks": 0},
+    ]
     assert not (tmp_path / "kb" / "kb.sqlite").exists()
 
 

@@ -20,7 +20,9 @@ def tiny_settings(tiny_model_dir, tmp_path):
                     llm=LLMSettings(model=str(tiny_model_dir), quantization="nf4", device="cpu")), replace
 
 
-def test_compare_base_and_adapter_on_held_out_pairs(tiny, tiny_settings, train_records, char_tokenizer, tmp_path):
+def test_compare_base_and_adapter_on_held_out_pairs(tiny, tiny_settings, train_records, char_tokenizer, tmp_path,
+                                                    monkeypatch):
+    from finetune import evaluate
     from finetune.evaluate import compare, format_table, summary_line
 
     settings, _ = tiny_settings
@@ -32,11 +34,24 @@ def test_compare_base_and_adapter_on_held_out_pairs(tiny, tiny_settings, train_r
     train_adapter(loaded, encode_all(char_tokenizer, records, 96), settings.adapters_dir / "tiny", config,
                   progress=False)
 
+    real_generate = evaluate.generate_answers
+    padded = records[1].output + "以及与问题无关的补充。"
+
+    def known_answers(loaded, recs, options):
+        # The real decoding still runs; what is scored are answers whose scores are known by construction.
+        generated = real_generate(loaded, recs, options)
+        assert len(generated) == len(recs) and all(isinstance(a, str) for a in generated)
+        if loaded.adapter is None:
+            return ["xyz"] * len(recs)  # no 4 characters of any reference: recall 0
+        return [recs[0].output, padded, "xyz"]  # recall 1 (verbatim), 1 (all of it, and more), 0
+
+    monkeypatch.setattr(evaluate, "generate_answers", known_answers)
     result = compare(settings, "tiny", records, max_seq_length=96, max_new_tokens=4)
     assert result["n"] == 3 and result["adapter"] == "tiny"
     assert result["adapter_loss"] < result["base_loss"] - 0.2  # it was trained on these very pairs
-    assert 0.0 <= result["base_score"] <= 1.0 and 0.0 <= result["adapter_score"] <= 1.0
-    assert len(result["examples"]) == 3 and all(isinstance(e["adapter"], str) for e in result["examples"])
+    assert (result["base_score"], result["adapter_score"]) == (0.0, 0.6667)
+    assert (result["base_correct"], result["adapter_correct"]) == (0.0, 0.6667)
+    assert [e["adapter"] for e in result["examples"]] == [records[0].output[:200], padded[:200], "xyz"]
     assert "answer loss" in format_table(result)
     assert set(json.loads(summary_line(result))) >= {"n", "base_loss", "adapter_loss", "base_score", "adapter_score",
                                                      "base_correct", "adapter_f1", "adapter_degenerate"}
