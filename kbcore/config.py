@@ -77,7 +77,8 @@ class LimitSettings:
     max_chars: int = 5_000_000
     # A dense page of small print holds about 5,000 characters; far more is a stream shared by many pages.
     max_page_chars: int = 100_000
-    # Chunks after splitting (about max_chars / chunk_size): each is embedded, ingest's slowest stage (bench_ingest).
+    # Chunks after splitting (about max_chars / chunk_size): each is embedded, ingest's slowest stage
+    # (bench/bench_ingest.py).
     max_chunks: int = 20_000
     # A heading (or HTML title) is repeated in every chunk below it; real ones are a line long.
     max_heading_chars: int = 500
