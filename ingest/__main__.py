@@ -19,7 +19,8 @@ from kbcore.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseErr
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ingest",
-        description="Build or update a knowledge base from a folder of PDF, .txt, .md and .html files.")
+        description="Build or update a knowledge base from a folder of PDF, Word, Excel, PowerPoint, .txt, .md "
+                    "and .html files.")
     p.add_argument("docs", nargs="?", type=Path, help="folder to ingest (its files' paths become source names)")
     p.add_argument("--kb", type=Path, help="knowledge-base folder (default: from settings, kb/default)")
     p.add_argument("--prune", action="store_true", help="delete documents whose file is gone from DOCS")
