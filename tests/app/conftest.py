@@ -64,7 +64,8 @@ def assert_quotes_the_kb(kb_path: Path, label: str, quoted: str) -> None:
     match = re.fullmatch(r"\[(\d+)\] (.+?) · pp?\. (\d+)(?:–(\d+))?", label.strip())
     assert match, f"citation label {label!r} does not name a file and page"
     source, first, last = match.group(2), int(match.group(3)), int(match.group(4) or match.group(3))
-    passage = quoted.strip().removesuffix("…").strip()
+    # Whitespace runs compare as one space: a browser shows the passage's line breaks as spaces.
+    passage = " ".join(quoted.strip().removesuffix("…").split())
     assert passage, f"citation {label!r} quotes nothing"
     kb = KnowledgeBase(kb_path, readonly=True)
     try:
@@ -72,5 +73,6 @@ def assert_quotes_the_kb(kb_path: Path, label: str, quoted: str) -> None:
     finally:
         kb.close()
     assert chunks, f"{source} is not in the knowledge base"
-    assert any(c.text.strip().startswith(passage) and (c.page_start, c.page_end) == (first, last) for c in chunks), \
+    assert any(" ".join(c.text.split()).startswith(passage) and (c.page_start, c.page_end) == (first, last)
+               for c in chunks), \
         f"{label}: the quoted passage is not the start of a chunk on those pages: {passage[:80]!r}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.conftest import REPO_ROOT
+from tests.app.conftest import REPO_ROOT, assert_quotes_the_kb
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -101,7 +101,7 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_ask_in_the_browser_and_see_the_cited_answer(server, browser, tmp_path):
+def test_ask_in_the_browser_and_see_the_cited_answer(server, browser, app_env, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
@@ -125,11 +125,12 @@ def test_ask_in_the_browser_and_see_the_cited_answer(server, browser, tmp_path):
 
     page = browser.find_element(By.TAG_NAME, "body").text
     assert QUESTION in page
-    # The citation names the file and page, and the opened expander quotes the passage it stands for (the
-    # 0.5B model's wording and which passage it cites vary; the app must show whatever it cited).
-    labels = re.findall(rf"\[\d+\] {re.escape(PDF)} · pp?\. \d+", page)
-    assert labels, page
+    # The citation names the file and page, and the opened expander quotes that passage of the stored document
+    # (the 0.5B model's wording and which passage it cites vary; the app must show whatever it cited).
+    label = re.search(rf"\[\d+\] {re.escape(PDF)} · pp?\. \d+(?:–\d+)?", expander.text)
+    assert label, expander.text
     quoted = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpanderDetails'] blockquote")
-    assert quoted and len(quoted[-1].text) > 10 and quoted[-1].text in page
+    assert quoted and len(quoted[-1].text) > 10
+    assert_quotes_the_kb(app_env / "default", label.group(0), quoted[-1].text)
     messages = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stChatMessage']")
     assert len(messages) == 2

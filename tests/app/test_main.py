@@ -68,11 +68,13 @@ def app(app_env, tiny_llm_dir, monkeypatch):
     return run(AppTest.from_file(APP_FILE, default_timeout=TIMEOUT))
 
 
-def test_create_ingest_ask_bad_files_delete(app, app_env, eval_dir):
+def test_create_ingest_ask_bad_files_delete(app, app_env, eval_dir, tiny_llm_dir):
     at = app
     assert at.selectbox(key="kb_name").options == ["default"]
-    # The sidebar offers the configured (tiny) model next to the presets.
-    assert at.selectbox(key="model").value.endswith(Path(at.selectbox(key="model").value).name)
+    # The sidebar offers the configured (tiny) model, selected, before the presets.
+    model = at.selectbox(key="model")
+    assert model.value == str(tiny_llm_dir)
+    assert model.options == [str(tiny_llm_dir), "qwen2.5-0.5b", "qwen2.5-1.5b"]
     # Every weight format of the settings is offered; the configured one is selected.
     assert at.selectbox(key="quantization").value == "fp32"
     assert {"auto", "nf4", "int8", "fp16"} <= set(at.selectbox(key="quantization").options)
