@@ -6,10 +6,6 @@ Frameworks' document types (LangChain ``Document``, LlamaIndex ``NodeWithScore``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
-DocumentStatus = Literal["ok", "failed"]
-
 
 @dataclass(frozen=True)
 class Document:
@@ -21,8 +17,6 @@ class Document:
     title: str
     pages: int
     chunks: int
-    status: DocumentStatus = "ok"
-    error: str | None = None
     updated_at: float = 0.0
 
 
