@@ -18,7 +18,7 @@ def test_run_script_ingests_the_samples_and_stops_before_the_app(tmp_path):
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
     # Every package pyproject.toml names, so that setup.sh can reinstall when the requirements stamp is stale.
     for name in (".venv", "samples", "requirements.txt", "pyproject.toml", "README.md", "kbcore", "ingest", "retrieval",
-                 "llm", "finetune", "app"):
+                 "engine", "llm", "finetune", "app"):
         (tmp_path / name).symlink_to(ROOT / name)
     env = {**os.environ, "KBCHAT_NO_APP": "1"}
     run = subprocess.run(["bash", str(tmp_path / "scripts" / "run.sh")], env=env, capture_output=True, text=True,
