@@ -208,10 +208,6 @@ class Retriever:
         return [Hit(chunk=chunks[cid], score=score, dense=dense[cid], lexical=lexical.get(cid))
                 for cid, score in ranked if cid in chunks]
 
-    def context(self, chunk: Chunk, window: int) -> str:
-        """The chunk's text with ``window`` neighbours on each side, overlaps between them removed."""
-        return _joined(self.kb.neighbours(chunk, window))
-
     def widened(self, hit: Hit) -> Hit:
         """The hit with ``context_window`` neighbours on each side merged in, then more of its own section,
         nearest first (after, before, after, ...), while its text is shorter than ``min_context_chars``."""

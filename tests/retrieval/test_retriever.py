@@ -1,6 +1,7 @@
 import pytest
 
 from kbcore.store import EmbeddingMismatchError, KnowledgeBase
+from kbcore.types import Chunk
 from retrieval import Retriever, open_retriever
 from retrieval.adapters import as_langchain_retriever, as_llamaindex_retriever
 
@@ -54,13 +55,30 @@ def test_mentions_tells_names_the_documents_hold_from_names_they_never_use(eval_
         assert not eval_retriever.mentions(absent), absent
 
 
-def test_context_window_merges_neighbours_without_repeating_overlap(eval_retriever):
-    hit = eval_retriever.search(QUESTION, k=1)[0]
-    merged = eval_retriever.context(hit.chunk, 1)
-    neighbours = eval_retriever.kb.neighbours(hit.chunk, 1)
-    assert hit.chunk.text in merged
-    assert len(neighbours) >= 2
-    assert len(merged) < sum(len(c.text) for c in neighbours) + len(neighbours)
+def test_context_window_adds_the_neighbouring_articles_in_order(eval_retriever):
+    from dataclasses import replace
+
+    # In 政府采购法 each article is a chunk, so one neighbour on each side of 第二十二条 is 第二十一条 and 第二十三条.
+    hit = next(h for h in eval_retriever.search(QUESTION, k=5)
+               if h.source == "zhengfu-caigou-fa.pdf" and h.chunk.text.startswith("第二十二条"))
+    one_each_side = Retriever(eval_retriever.kb, eval_retriever.embedder,
+                              replace(eval_retriever.settings, context_window=1, min_context_chars=0))
+    merged = one_each_side.widened(hit)
+    assert merged.text.startswith("第二十一条 供应商是指向采购人提供货物、工程或者服务的法人、其他组织或者自然人。\n"
+                                  "第二十二条 供应商参加政府采购活动应当具备下列条件")
+    assert merged.text.endswith("对供应商的资格进行审查。") and merged.text.count("第二十二条") == 1
+    assert merged.pages == [2]
+
+
+def test_joining_neighbours_keeps_one_copy_of_the_sentence_they_share():
+    from retrieval.retriever import _joined
+
+    def chunk(i, text):
+        return Chunk(i, 1, "a.pdf", i, 1, 1, "", text)
+
+    shared = [chunk(1, "第一条 甲。第二条 乙。"), chunk(2, "第二条 乙。第三条 丙。")]
+    assert _joined(shared) == "第一条 甲。第二条 乙。第三条 丙。"
+    assert _joined([chunk(1, "第一条 甲。"), chunk(2, "第三条 丙。")]) == "第一条 甲。\n第三条 丙。"
 
 
 def test_short_hits_are_widened_with_neighbours_and_cite_all_their_pages(eval_retriever):
