@@ -28,12 +28,12 @@ def one(kind: str, length: int, steps: int, baseline_dtype: str) -> dict:
 
     sys.path.insert(0, str(REPO))
     from finetune.data import Encoded, read_jsonl
-    from finetune.train import TrainConfig, add_lora, answer_loss, collate, make_optimizer, peak_rss_mib
-    from kbcore.config import load_settings
+    from finetune.train import add_lora, answer_loss, collate, make_optimizer, peak_rss_mib
+    from kbcore.config import FinetuneSettings, load_settings
     from engine.models import load_model, resolve_model_dir
 
     settings = load_settings()
-    config = TrainConfig()
+    config = FinetuneSettings()
     started = time.perf_counter()
     if kind == "qlora-nf4":
         loaded = load_model(settings.llm, settings.cache_dir, for_training=True)

@@ -37,10 +37,6 @@ CHECKPOINT = "checkpoint"
 LOSS_LOG = "loss_log.jsonl"
 
 
-# The training hyper-parameters are the finetune section of the one settings object (commented there).
-TrainConfig = FinetuneSettings
-
-
 def config_from_settings(finetune_settings: FinetuneSettings, **overrides) -> FinetuneSettings:
     """The configured hyper-parameters with command-line overrides (``None`` means not given)."""
     return dataclasses.replace(finetune_settings, **{k: v for k, v in overrides.items() if v is not None})
@@ -78,7 +74,7 @@ def fast_compute_dtype(model) -> str:
     return "float32"
 
 
-def add_lora(model, config: TrainConfig):
+def add_lora(model, config: FinetuneSettings):
     """The 4-bit model prepared for k-bit training with fresh LoRA adapters on all linear layers."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -98,7 +94,7 @@ def add_lora(model, config: TrainConfig):
     return model
 
 
-def make_optimizer(model, config: TrainConfig):
+def make_optimizer(model, config: FinetuneSettings):
     """8-bit AdamW from bitsandbytes: optimizer state in 8 bits (paged on GPU, where memory spikes page out)."""
     import bitsandbytes as bnb
     import torch
@@ -109,7 +105,7 @@ def make_optimizer(model, config: TrainConfig):
     return cls(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-def make_scheduler(optimizer, config: TrainConfig):
+def make_scheduler(optimizer, config: FinetuneSettings):
     import torch
 
     def factor(step: int) -> float:
@@ -143,7 +139,7 @@ def batch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def micro_batches(n_examples: int, config: TrainConfig, step: int) -> list[list[int]]:
+def micro_batches(n_examples: int, config: FinetuneSettings, step: int) -> list[list[int]]:
     """Example indices of each micro-batch of optimizer step ``step`` (0-based)."""
     per_step = config.batch_size * config.gradient_accumulation_steps
     out = []
@@ -251,7 +247,7 @@ def load_checkpoint(out_dir: Path, model, optimizer, scheduler) -> tuple[int, li
 
 # ---------------------------------------------------------------- the loop
 
-def train_adapter(loaded, examples: Sequence[Encoded], out_dir: str | Path, config: TrainConfig, *,
+def train_adapter(loaded, examples: Sequence[Encoded], out_dir: str | Path, config: FinetuneSettings, *,
                   data_sha256: str = "", resume: bool = False, progress: bool = True, stop_after: int | None = None,
                   on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train LoRA adapters on ``loaded.model`` (a 4-bit model fresh from ``load_model(for_training=True)``, or any
@@ -332,7 +328,7 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
 
 
-def save_adapter(model, out_dir: Path, loaded, config: TrainConfig, data_sha256: str, metrics: dict) -> None:
+def save_adapter(model, out_dir: Path, loaded, config: FinetuneSettings, data_sha256: str, metrics: dict) -> None:
     """peft's adapter files plus ``kbchat_adapter.json`` (what ``engine.adapters`` reads to list and check it)."""
     from engine.adapters import ADAPTER_META
 

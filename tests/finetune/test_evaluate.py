@@ -7,7 +7,8 @@ import json
 import pytest
 
 from finetune.data import encode_all, write_jsonl
-from finetune.train import TrainConfig, train_adapter
+from finetune.train import train_adapter
+from kbcore.config import FinetuneSettings
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_compare_base_and_adapter_on_held_out_pairs(tiny, tiny_settings, train_r
     records = train_records[:3]
     loaded = tiny()
     loaded.model_id = loaded.base_sha256 = settings.llm.model  # what load_model reports for a local directory
-    config = TrainConfig(max_steps=6, learning_rate=1e-2, batch_size=3, gradient_accumulation_steps=1,
+    config = FinetuneSettings(max_steps=6, learning_rate=1e-2, batch_size=3, gradient_accumulation_steps=1,
                          lora_dropout=0.0, max_seq_length=96)
     train_adapter(loaded, encode_all(char_tokenizer, records, 96), settings.adapters_dir / "tiny", config,
                   progress=False)
@@ -65,7 +66,7 @@ def test_cli_refuses_an_adapter_trained_for_another_base(tiny, tiny_model_dir, t
     loaded = tiny()
     loaded.model_id, loaded.base_sha256 = "qwen2.5-1.5b", "cc324af070c2" + "0" * 52
     train_adapter(loaded, encode_all(char_tokenizer, train_records[:2], 64), tmp_path / "adapters" / "other",
-                  TrainConfig(max_steps=1, gradient_accumulation_steps=1), progress=False)
+                  FinetuneSettings(max_steps=1, gradient_accumulation_steps=1), progress=False)
     data = tmp_path / "held.jsonl"
     write_jsonl(train_records[:2], data)
     config = tmp_path / "kbchat.toml"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from finetune.data import encode_all
-from finetune.train import LOSS_LOG, TrainConfig, add_lora, answer_loss, collate, train_adapter
+from finetune.train import LOSS_LOG, add_lora, answer_loss, collate, train_adapter
+from kbcore.config import FinetuneSettings
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def base_state(model) -> dict:
 def test_training_lowers_the_loss_and_changes_only_lora_weights(tiny, examples, tmp_path):
     loaded = tiny()
     before = {k.replace("base_model.model.", ""): v for k, v in base_state(loaded.model).items()}
-    config = TrainConfig(max_steps=8, learning_rate=1e-2, batch_size=2, gradient_accumulation_steps=1,
+    config = FinetuneSettings(max_steps=8, learning_rate=1e-2, batch_size=2, gradient_accumulation_steps=1,
                          lora_dropout=0.0, warmup_steps=0, max_grad_norm=1.0)
     # The same two examples every step, so the losses track one objective.
     result = train_adapter(loaded, examples[:2], tmp_path / "a", config, data_sha256="d" * 64, progress=False)
@@ -56,7 +57,7 @@ def test_saved_adapter_reloads_exactly_with_its_metadata(tiny, examples, tmp_pat
     from engine.adapters import AdapterError, apply_adapter, read_adapter
 
     trained = tiny()
-    config = TrainConfig(max_steps=3, learning_rate=1e-2, gradient_accumulation_steps=1, lora_dropout=0.0)
+    config = FinetuneSettings(max_steps=3, learning_rate=1e-2, gradient_accumulation_steps=1, lora_dropout=0.0)
     train_adapter(trained, examples, tmp_path / "demo", config, data_sha256="d" * 64, progress=False)
 
     fresh = tiny()
@@ -114,7 +115,7 @@ def _randomise_lora_b(model, seed=3):
 
 
 def test_lora_gradients_equal_a_dequantised_float32_reference(tiny, examples):
-    config = TrainConfig(lora_dropout=0.0)
+    config = FinetuneSettings(lora_dropout=0.0)
     quantized = add_lora(tiny().model, config)
     _randomise_lora_b(quantized)
     reference = _reference_like(quantized, tiny(quantized=False), config)
@@ -140,7 +141,7 @@ def test_without_the_fix_an_eval_forward_breaks_the_gradients(tiny, examples):
 
     if not has_avx512bf16():
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
-    config = TrainConfig(lora_dropout=0.0)
+    config = FinetuneSettings(lora_dropout=0.0)
     trapped = tiny(repacking_fix=False)
     batch = collate(examples[:2], pad_id=0)
     with torch.no_grad():
@@ -160,7 +161,7 @@ def test_without_the_fix_an_eval_forward_breaks_the_gradients(tiny, examples):
 
 def test_resume_continues_with_the_same_losses(tiny, examples, tmp_path):
     # Dropout on, accumulation on, several epochs over 5 examples: RNG, optimizer and data order all matter.
-    config = TrainConfig(max_steps=4, learning_rate=5e-3, gradient_accumulation_steps=2, lora_dropout=0.1,
+    config = FinetuneSettings(max_steps=4, learning_rate=5e-3, gradient_accumulation_steps=2, lora_dropout=0.1,
                          checkpoint_every=100, warmup_steps=1)
     straight = tiny()
     whole = train_adapter(straight, examples[:5], tmp_path / "whole", config, progress=False)
@@ -185,7 +186,7 @@ def test_merged_model_matches_the_adapter_on_the_dequantised_base(tiny, tiny_mod
     from finetune.merge import dequantised_copy_, merge_model
 
     trained = tiny()
-    config = TrainConfig(max_steps=2, learning_rate=1e-2, gradient_accumulation_steps=1, lora_dropout=0.0)
+    config = FinetuneSettings(max_steps=2, learning_rate=1e-2, gradient_accumulation_steps=1, lora_dropout=0.0)
     train_adapter(trained, examples, tmp_path / "m", config, progress=False)
     merged = merge_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tmp_path / "m")
     assert not any("lora_" in k for k in merged.state_dict())
@@ -216,7 +217,7 @@ class _RunsCodeWhenUnpickled:
 def test_resume_reads_trainer_state_without_unpickling_code(tiny, examples, tmp_path):
     import pickle
 
-    config = TrainConfig(max_steps=3, learning_rate=5e-3, checkpoint_every=100, warmup_steps=1)
+    config = FinetuneSettings(max_steps=3, learning_rate=5e-3, checkpoint_every=100, warmup_steps=1)
     train_adapter(tiny(), examples[:3], tmp_path / "run", config, progress=False, stop_after=1)
     state_file = tmp_path / "run" / "checkpoint" / "trainer_state.pt"
     state = torch.load(state_file, weights_only=True)  # what we write is plain tensors, lists and numbers
