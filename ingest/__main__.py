@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ingest.pipeline import STAGES, FileResult, IngestReport, delete_document, ingest_folder, rebuild
 from kbcore.config import load_settings
-from kbcore.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseError
+from kbcore.store import KnowledgeBase, KnowledgeBaseError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                                    on_embedded=bar.embedded_some)
         finally:
             bar.close()
-    except EmbeddingMismatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KnowledgeBaseError as exc:
+    except KnowledgeBaseError as exc:  # an EmbeddingMismatchError among them
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(report))
