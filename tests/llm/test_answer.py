@@ -5,13 +5,14 @@ import importlib
 
 import pytest
 
+from engine.models import load_model
 from kbcore.types import Chunk, Hit
 from llm.answerer import Answerer, standalone_question
 from llm.citations import attribute
-from engine.models import load_model
 from llm.prompts import NOT_FOUND, QUOTED, build_messages, render_prompt
 
-answer_module = importlib.import_module("llm.answerer")  # the package's ``answer`` is the function
+# generate() looks model_forward up in its own module, so that is where these tests replace it.
+generate_module = importlib.import_module("engine.generate")
 
 
 class FixedRetriever:
@@ -106,7 +107,7 @@ def test_a_generation_error_reaches_the_caller_and_the_model_thread_survives(tin
 
     retriever = FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")])
     with monkeypatch.context() as patch:
-        patch.setattr(answer_module, "model_forward", broken_forward)
+        patch.setattr(generate_module, "model_forward", broken_forward)
         with pytest.raises(RuntimeError, match="out of memory"):
             list(Answerer(tiny_settings, retriever, loaded).stream("供应商应当具备什么条件？"))
     # Generation ran on the model's own thread, not the caller's, and that thread still serves the real model.
@@ -117,7 +118,7 @@ def test_a_generation_error_reaches_the_caller_and_the_model_thread_survives(tin
 def test_a_reader_that_stops_early_stops_generation(tiny, monkeypatch):
     tiny_settings, loaded = tiny
     steps = []
-    real_forward = answer_module.model_forward
+    real_forward = generate_module.model_forward
 
     def counting_forward(loaded, capacity):
         inner = real_forward(loaded, capacity)
@@ -125,7 +126,7 @@ def test_a_reader_that_stops_early_stops_generation(tiny, monkeypatch):
 
     long = tiny_settings.with_overrides(llm={"max_new_tokens": 200})
     answerer = Answerer(long, FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")]), loaded)
-    monkeypatch.setattr(answer_module, "model_forward", counting_forward)
+    monkeypatch.setattr(generate_module, "model_forward", counting_forward)
     stream = iter(answerer.stream("供应商应当具备什么条件？"))
     next(stream)
     stream.close()
