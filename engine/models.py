@@ -18,9 +18,17 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kbcore import compute
 from kbcore.config import LLMSettings
+
+if TYPE_CHECKING:
+    import ctypes
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from engine.forward import PromptCache
 
 
 class ModelProvisionError(RuntimeError):
@@ -126,8 +134,8 @@ def model_fingerprint(settings: LLMSettings) -> str:
 
 @dataclass
 class LoadedModel:
-    model: object
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     model_id: str
     base_sha256: str
     device: str
@@ -135,9 +143,9 @@ class LoadedModel:
     # The weight format actually in use ("auto" resolved): nf4, int8, fp16, bf16 or fp32.
     quantization: str = ""
     # engine.forward.PromptCache of the last prompt, made on first use (generation runs on the compute thread only).
-    prompt_cache: object | None = None
+    prompt_cache: PromptCache | None = None
     # engine.native's C kernels on a CPU that runs them (None elsewhere): engine.forward decodes with them.
-    native: object | None = None
+    native: ctypes.CDLL | None = None
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         """Run ``fn`` on the process's compute thread (``kbcore.compute``), one call at a time: it keeps the
