@@ -8,6 +8,6 @@ answers: ``llm`` builds those and calls ``generate``.
 - ``engine.decoding``: greedy or sampled decoding with loop guards (``DecodeOptions``); ``engine.forward``: a
   direct Llama-family forward with a static KV cache and a prompt-prefix cache on CPU (transformers' elsewhere);
   ``engine.nf4_cpu``: NF4 weights on our C kernels (``engine/csrc``, loaded by ``engine.native``), prompt inputs
-  quantised to 7 bits and decoding inputs to 16 bits per block of 64; ``engine.cpu_kernels``: torch's int8 and
+  quantised to 7 bits and decoding inputs to 16 bits per block of 64; ``engine.cpu_weights``: torch's int8 and
   fp16 CPU kernels; ``engine.adapters``: LoRA adapter folders.
 """

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.cpu_kernels import PerTokenScaled, fused_linear
+from engine.cpu_weights import PerTokenScaled, fused_linear
 
 # Architectures whose decoder layers match DecoderLayersForward: pre-norm RMSNorm, rotary attention with grouped
 # key/value heads, SiLU-gated MLP.

@@ -241,7 +241,7 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
         # The CPU kernels hold no nn.Linear for peft to wrap: the adapter is merged into the fp32 weights first.
         loaded = apply_adapter(loaded, settings.adapter, adapters_dir, merge=cpu_kernels)
     if cpu_kernels:
-        from engine.cpu_kernels import quantize_for_cpu
+        from engine.cpu_weights import quantize_for_cpu
 
         quantize_for_cpu(loaded.model, quantization)
     elif on_our_kernels:

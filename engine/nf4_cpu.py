@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.cpu_kernels import SharedProduct, fuse_projections
+from engine.cpu_weights import SharedProduct, fuse_projections
 from engine.native import NF4Weight, load_native
 
 BLOCK = 64

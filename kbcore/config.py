@@ -123,7 +123,7 @@ class LLMSettings:
     # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
     model: str = "qwen2.5-0.5b"
     # "auto": NF4 on a GPU and on CPUs where our kernels build (AVX2, FMA, a C compiler), else int8. What each
-    # computes on a CPU: engine.nf4_cpu (nf4), engine.cpu_kernels (int8, fp16); bench/bench_llm.py compares them.
+    # computes on a CPU: engine.nf4_cpu (nf4), engine.cpu_weights (int8, fp16); bench/bench_llm.py compares them.
     quantization: Literal["auto", "nf4", "int8", "fp16", "bf16", "fp32"] = "auto"
     # NF4 on a CPU: False keeps bitsandbytes' own layers (bench/bench_llm.py's nf4-bnb baseline).
     nf4_kernel: bool = True

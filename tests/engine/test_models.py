@@ -61,7 +61,7 @@ def test_auto_is_nf4_where_our_kernels_run_and_int8_on_other_cpus(tmp_path, monk
 
 
 @pytest.mark.parametrize("mode, min_cosine", [("fp16", 0.9999), ("int8", 0.99)])
-def test_cpu_kernels_replace_every_linear_and_stay_close_to_fp32(tiny_model_dir, prompt_ids, tmp_path, mode,
+def test_cpu_weights_replace_every_linear_and_stay_close_to_fp32(tiny_model_dir, prompt_ids, tmp_path, mode,
                                                                  min_cosine):
     reference = load_model(LLMSettings(model=str(tiny_model_dir), device="cpu", quantization="fp32"), tmp_path,
                            shared=False)

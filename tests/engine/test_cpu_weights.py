@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-from engine.cpu_kernels import PerTokenScaled, quantize_for_cpu
+from engine.cpu_weights import PerTokenScaled, quantize_for_cpu
 
 
 def _relative_error(out, exact):
