@@ -71,19 +71,17 @@ def build_reading_pairs(answerer, write_question: Callable[[str], str], *, count
                         seed: int = 42, log: Callable[[str], None] | None = None) -> list[Record]:
     """Up to ``count`` answerable records (and ``refusal_ratio`` as many refusals) from ``answerer``'s
     knowledge base. ``write_question(prompt)`` is the local model; ``answerer.prepare`` picks the passages."""
-    from llm.prompts import NOT_FOUND
-
     kb = answerer.retriever.kb
     rng = random.Random(seed)
-    chunks = [c for c in kb.chunks() if fact_sentences(c.text)]
-    rng.shuffle(chunks)
+    candidates = [(c, sentences) for c in kb.chunks() if (sentences := fact_sentences(c.text))]
+    rng.shuffle(candidates)
     records: list[Record] = []
     refusals: list[Record] = []
     tried = 0
-    for chunk in chunks:
+    for chunk, sentences in candidates:
         if len(records) >= count:
             break
-        sentence = rng.choice(fact_sentences(chunk.text))
+        sentence = rng.choice(sentences)
         title = chunk.heading.split(HEADING_SEPARATOR)[0]
         tried += 1
         written = write_question(QUESTION_ASK.format(title=title, sentence=sentence)).strip().splitlines()
@@ -91,8 +89,7 @@ def build_reading_pairs(answerer, write_question: Callable[[str], str], *, count
         if not usable_question(question, sentence):
             continue
         prepared = answerer.prepare(question)
-        shown = [h for h in prepared.passages if sentence in h.text]
-        if prepared.prompt is None or not shown:
+        if prepared.prompt is None or not any(sentence in h.text for h in prepared.passages):
             continue  # retrieval does not show the answer: not a reading lesson
         passages = tuple(_passage(h) for h in prepared.passages)
         records.append(Record(question, "", sentence, passages, f"kb:{chunk.source}:{chunk.page_start}"))
@@ -101,7 +98,7 @@ def build_reading_pairs(answerer, write_question: Callable[[str], str], *, count
         if rng.random() < refusal_ratio:
             refusal = _without_answer(answerer, question, sentence, chunk)
             if refusal is not None:
-                refusals.append(replace(refusal, output=NOT_FOUND["zh"]))
+                refusals.append(refusal)
     out = records + refusals
     rng.shuffle(out)
     return out
@@ -109,13 +106,16 @@ def build_reading_pairs(answerer, write_question: Callable[[str], str], *, count
 
 def _without_answer(answerer, question: str, sentence: str, chunk) -> Record | None:
     """The question with what retrieval shows less every passage holding the answer: a near miss to refuse."""
+    from llm.prompts import NOT_FOUND
+
     hits = answerer.retriever.search(question, answerer.settings.retrieval.top_k + 3)
     facts = set(numbers_in(sentence)) or bigrams(content_of(sentence))
     kept = [h for h in hits if not facts <= set(numbers_in(h.text)) | bigrams(content_of(h.text))]
     kept = kept[: answerer.settings.llm.max_passages]
     if not kept:
         return None
-    return Record(question, "", "", tuple(_passage(h) for h in kept), f"kb-refusal:{chunk.source}:{chunk.page_start}")
+    return Record(question, "", NOT_FOUND["zh"], tuple(_passage(h) for h in kept),
+                  f"kb-refusal:{chunk.source}:{chunk.page_start}")
 
 
 def write_questions_with(answerer, max_new_tokens: int = 48) -> Callable[[str], str]:

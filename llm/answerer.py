@@ -139,15 +139,10 @@ class Answerer:
     def finish(self, prepared: Prepared, text: str) -> Answer:
         language = language_of(prepared.question)
         if prepared.prompt is None:
-            names = "、".join(prepared.unmentioned)
-            why = UNMENTIONED[language].format(names=names) if names else ""
-            return Answer(text=NOT_FOUND[language] + why, hits=prepared.hits, found=False,
-                          question=prepared.question, search_query=prepared.search_query,
-                          unmentioned=prepared.unmentioned)
+            return self._not_found(prepared, language)
         text = text.strip()
         if NOT_FOUND["zh"].rstrip("。") in text or NOT_FOUND["en"].rstrip(".") in text:
-            return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False,
-                          question=prepared.question, search_query=prepared.search_query)
+            return self._not_found(prepared, language)
         passages, question = prepared.passages, prepared.question
         sources = [h.source for h in passages]
         degenerate = degenerate_reason(text, question, sources)
@@ -165,10 +160,17 @@ class Answerer:
             # the documents did not answer it.
             quoted = quote(question, passages, min_share=self.settings.llm.min_quote_share)
             if quoted is None:
-                return Answer(text=NOT_FOUND[language], hits=prepared.hits, found=False, question=question,
-                              search_query=prepared.search_query, degenerate=degenerate)
+                return self._not_found(prepared, language, degenerate)
             usable = QUOTED[language] + quoted[1]
         return self._answer(prepared, attribute(usable, passages, question), degenerate)
+
+    @staticmethod
+    def _not_found(prepared: Prepared, language: str, degenerate: str | None = None) -> Answer:
+        """"Not in the documents", saying which names they never mention when that is why."""
+        names = "、".join(prepared.unmentioned)
+        why = UNMENTIONED[language].format(names=names) if names else ""
+        return Answer(text=NOT_FOUND[language] + why, hits=prepared.hits, found=False, question=prepared.question,
+                      search_query=prepared.search_query, degenerate=degenerate, unmentioned=prepared.unmentioned)
 
     @staticmethod
     def _answer(prepared: Prepared, found, degenerate: str | None = None) -> Answer:

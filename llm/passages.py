@@ -157,8 +157,8 @@ def asked_names(question: str) -> list[str]:
     names += [m.group(1) for m in _YEAR.finditer(question)]
     for word, flag in tagged_words(question):
         if flag in ("ns", "nt"):
-            cut = min((word.find(s, 2) for s in _PLACE_SUFFIXES if word.find(s, 2) >= 2), default=-1)
-            if cut >= 2:
+            cut = min((i for s in _PLACE_SUFFIXES if (i := word.find(s, 2)) >= 2), default=None)
+            if cut is not None:
                 names.append(word[:cut])
     return list(dict.fromkeys(names))
 
