@@ -97,6 +97,33 @@ class AppSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """The HTTP API (``python -m app.api``): where it listens, who may call it, and how much one request may ask."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Bearer keys a client must send (``Authorization: Bearer KEY``). None: no check, which the server allows on a
+    # loopback host only. A TOML list, or one environment string with os.pathsep between keys.
+    api_keys: tuple[str, ...] = ()
+    # A JSON request body (chat with its history, embeddings, search); larger gets 413.
+    max_body_kb: int = 256
+    # One multipart upload request, all files together; each file is also held to app.max_upload_mb.
+    max_upload_request_mb: int = 200
+    max_upload_files: int = 16
+    # Retrieval reads no more of a question than this (retrieval.retriever.MAX_QUERY_CHARS).
+    max_question_chars: int = 2000
+    # The largest max_tokens a chat request may ask for.
+    max_tokens: int = 1024
+    # Chat requests waiting for the one model, beyond the one generating; more get 429 at once.
+    max_queued: int = 32
+    # Ingest jobs waiting or running; each holds its uploads in memory until it runs.
+    max_ingest_jobs: int = 4
+    max_embedding_inputs: int = 64
+    # Load the LLM when the server starts, not on the first question (/health says when it is ready).
+    preload: bool = True
+
+
+@dataclass(frozen=True)
 class RetrievalSettings:
     top_k: int = 5
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
@@ -139,6 +166,8 @@ class LLMSettings:
     no_repeat_ngram: int = 12
     # Greedy by default: grounded answers should be reproducible, and sampling makes small models drift.
     temperature: float = 0.0
+    # With temperature > 0: sample from the smallest set of tokens holding this much probability.
+    top_p: float = 0.9
     repetition_penalty: float = 1.05
     # Hard cap on the prompt: passages are trimmed to fit, never an error.
     max_prompt_tokens: int = 1800
@@ -195,6 +224,7 @@ class Settings:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     app: AppSettings = field(default_factory=AppSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     @property
     def kb_path(self) -> Path:

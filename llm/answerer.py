@@ -193,7 +193,7 @@ def label_openers(tokenizer) -> tuple[int, ...]:
 def decode_options(settings: LLMSettings, loaded: LoadedModel) -> DecodeOptions:
     """How answers are decoded (the answer stage, and ``finetune eval`` so it measures the same answers)."""
     return DecodeOptions(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                         repetition_penalty=settings.repetition_penalty,
+                         top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
                          stop_ids=stop_ids(loaded.model, loaded.tokenizer),
                          banned_first=label_openers(loaded.tokenizer),
                          no_repeat_ngram=settings.no_repeat_ngram, stop_loops=True)
