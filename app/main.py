@@ -1,7 +1,8 @@
 """kbchat in the browser: ``streamlit run app/main.py --server.address 127.0.0.1``.
 
-Presentation only: every action is a call into ``app.state`` (files, rows, labels), ``app.resources`` (the
-shared model and retrievers) and the packages behind them (ingest, retrieval, llm).
+Presentation only: every action is a call into ``app.state`` (files, rows, labels), ``app.service`` (the
+shared model, retrievers, answers and citations, the same calls the HTTP API ``app.api`` makes) and the packages
+behind them (ingest, retrieval, llm).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import resources, state  # noqa: E402
+from app import service, state  # noqa: E402
 from kbcore.config import load_settings  # noqa: E402
 
 # No emoji in titles: a browser without an emoji font (headless Chromium on a server) draws them as boxes.
@@ -238,20 +239,14 @@ def chat_view(settings, kb_path):
             st.warning("This knowledge base has no documents yet: add some under Documents. / 请先导入文档。")
             return
         try:
-            if not resources.retriever_is_open(settings, kb_path):
+            if not service.retrievers.is_open(settings, kb_path):
                 with st.spinner("Opening the knowledge base and loading the embedding model…"):
-                    retriever = resources.get_retriever(settings, kb_path)
-            else:
-                retriever = resources.get_retriever(settings, kb_path)
-            if not resources.model_is_loaded(settings):
+                    service.get_retriever(settings, kb_path)
+            if not service.model_is_loaded(settings):
                 with st.spinner(f"Loading the language model {settings.llm.model} ({settings.llm.quantization}); "
                                 f"the first time it is converted once, about a minute…"):
-                    loaded = resources.get_model(settings)
-            else:
-                loaded = resources.get_model(settings)
-            from llm.answerer import Answerer
-
-            answerer = Answerer(settings, retriever, loaded)
+                    service.get_model(settings)
+            answerer = service.answerer(settings, kb_path)
             with st.spinner("Searching the documents…"):
                 stream = answerer.stream(question, state.chat_history(messages), k=settings.retrieval.top_k)
             shown = st.empty()
@@ -267,11 +262,8 @@ def chat_view(settings, kb_path):
             return
         # For a follow-up the search used the question joined to the previous one: show that, it explains the hits.
         searched = answer.search_query if answer.search_query and answer.search_query != question else ""
-        headings = {h.chunk.id: h.heading for h in answer.hits}  # a workbook citation names its sheet by it
-        message = {"role": "assistant", "content": answer.text, "found": answer.found, "search_query": searched,
-                   "unsupported": list(answer.unsupported), "unmentioned": list(answer.unmentioned),
-                   "citations": [{"label": state.citation_label(c, headings.get(c.chunk_id, "")),
-                                  "snippet": c.snippet} for c in answer.citations]}
+        message = {"role": "assistant", "content": answer.text, **service.answer_fields(answer),
+                   "search_query": searched}
         show_citations(message)
     messages += [{"role": "user", "content": question}, message]
 

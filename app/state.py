@@ -82,6 +82,40 @@ def create_kb_folder(kb_root: Path, name: str) -> str:
     return clean
 
 
+class UnknownKnowledgeBase(AppInputError):
+    """No knowledge-base folder of that name."""
+
+
+def existing_kb(kb_root: Path, name: str) -> Path:
+    """The folder of the knowledge base ``name``: a name that sanitising would change (``..``, a slash) is refused,
+    so nothing a caller types reaches outside ``kb_root``; a folder that does not exist is ``UnknownKnowledgeBase``."""
+    if not name or sanitize_kb_name(name) != name:
+        raise AppInputError(f"{name!r} is not a knowledge-base name: use letters, digits, '-' and '_' "
+                            f"(for example {sanitize_kb_name(name or 'kb')!r})")
+    path = Path(kb_root) / name
+    if not path.is_dir():
+        raise UnknownKnowledgeBase(f"no knowledge base {name!r} (known: {', '.join(list_kbs(kb_root)) or 'none'})")
+    return path
+
+
+def delete_kb(kb_root: Path, name: str) -> None:
+    """Remove the knowledge base ``name`` and its stored uploads. It is first renamed out of sight under its write
+    lock, so an ingest in progress is never cut off (``KnowledgeBaseBusyError``) and a crash halfway leaves either
+    the whole knowledge base or a hidden folder, never half of one."""
+    path = existing_kb(kb_root, name)
+    hidden = path.with_name(f".deleted-{name}-{os.getpid()}-{os.urandom(4).hex()}")
+    if KnowledgeBase.exists(path):
+        kb = KnowledgeBase(path)
+        try:
+            with kb.writer():
+                os.rename(path, hidden)
+        finally:
+            kb.close()
+    else:
+        os.rename(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def kb_documents(kb_path: Path) -> list[dict]:
     """One row per document (empty when the knowledge base has not been built yet)."""
     if not KnowledgeBase.exists(kb_path):
