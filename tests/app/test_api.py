@@ -281,6 +281,27 @@ def test_bad_requests_get_their_status_and_change_nothing(api):
     assert wait_idle(url)["generations"]["failed"] == 0
 
 
+def test_bodies_over_the_limit_are_refused_before_they_are_read(api):
+    url, _ = api
+    # Announced too large: refused at once, without waiting for a body that never comes.
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as raw:
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
+                    b"\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+        head = raw.recv(65536).decode()
+    assert head.startswith("HTTP/1.1 413") and "api.max_body_kb" in head
+
+    # Sent without a length (chunked): counted as it arrives and refused once over the limit.
+    def pieces():
+        yield b'{"model": "docs", "messages": [{"role": "user", "content": "'
+        for _ in range(400):
+            yield "问".encode() * 1000
+        yield b'"}]}'
+
+    with http(url) as h:
+        chunked = h.post("/v1/chat/completions", content=pieces(), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
+
+
 def test_upload_limits(api_root, tiny_model_dir):
     settings = make_settings(api_root, tiny_model_dir, max_upload_request_mb=1, max_upload_files=2)
     settings = settings.with_overrides(app={"max_upload_mb": 1}, api={"preload": False})
@@ -333,6 +354,16 @@ def test_a_client_that_hangs_up_stops_its_generation(api_root, tiny_model_dir, m
         health = wait_idle(url)
         assert health["generations"]["cancelled"] == 1 and health["generations"]["served"] == 0
         assert len(steps) < 100, f"generation went on for {len(steps)} tokens after the client left"
+
+        # Not streamed: a client that gives up waiting stops its generation too.
+        steps.clear()
+        with pytest.raises(httpx.ReadTimeout), http(url) as h:
+            h.post("/v1/chat/completions", timeout=1.0, json={
+                "model": "docs", "messages": [{"role": "user", "content": QUESTION}], "temperature": 1.0,
+                "max_tokens": 1000})
+        health = wait_idle(url)
+        assert health["generations"]["cancelled"] == 2 and health["generations"]["served"] == 0
+        assert len(steps) < 300, f"generation went on for {len(steps)} tokens after the client left"
         answered = ai.chat.completions.create(model="docs", messages=[{"role": "user", "content": QUESTION}])
         assert answered.choices[0].message.content
     assert stored(settings.kb_root / "docs") == before
