@@ -30,3 +30,35 @@ def test_run_script_ingests_the_samples_and_stops_before_the_app(tmp_path):
     assert {d.source for d in documents} >= {p.name for p in samples} - {"README.md"}
     assert all(d.chunks > 0 for d in documents) and kb.chunk_count() == sum(d.chunks for d in documents)
     kb.close()
+
+    # KBCHAT_SERVE=api serves the same knowledge bases over HTTP instead of opening the app.
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "KBCHAT_SERVE": "api", "API_PORT": str(port), "KBCHAT_API__PRELOAD": "false"}
+    server = subprocess.Popen(["bash", str(tmp_path / "scripts" / "run.sh")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
+                time.sleep(0.5)
+        assert [m["id"] for m in models["data"]] == ["default"]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_run_script_names_what_it_can_serve():
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "run.sh")], env={**os.environ, "KBCHAT_SERVE": "web"},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "KBCHAT_SERVE must be app, api or both (got 'web')" in run.stderr
