@@ -27,17 +27,19 @@ from kbcore.hashing import file_sha256
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("nf4_kernel.c", "decode_ops.c"))
-HEADERS = (Path(__file__).parent / "csrc" / "nf4_prompt_tile.h",)
+# Every header, so that the build key covers whatever the sources include.
+HEADERS = tuple(sorted((Path(__file__).parent / "csrc").glob("*.h")))
 
 
 class NF4Weight(ctypes.Structure):
-    """``nf4_weight`` of nf4_kernel.c: where one matrix's codes and scales lie, and its shape."""
+    """``nf4_weight`` of csrc/kernels.h: where one matrix's codes and scales lie, and its shape."""
 
     _fields_ = [("packed", ctypes.c_void_p), ("qabsmax", ctypes.c_void_p), ("absmax2", ctypes.c_void_p),
                 ("code2", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("table", ctypes.c_void_p),
                 ("offset", ctypes.c_float), ("rows", ctypes.c_int64), ("cols", ctypes.c_int64)]
 
 
+# The prototypes of csrc/kernels.h, which tests/engine/test_native_kernels.py parses and checks these against.
 _pointer, _size, _float, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 SIGNATURES = {
     "nf4_linear": [ctypes.POINTER(NF4Weight), _size, _pointer, _pointer, _size, _pointer, _pointer, _int],
@@ -47,6 +49,7 @@ SIGNATURES = {
     "nf4_dequantize": [ctypes.POINTER(NF4Weight), _pointer, _pointer, _int],
     "nf4_encode": [_pointer, _size, _pointer, _pointer, _pointer, _int],
     "add_rms_norm": [_pointer, _pointer, _pointer, _float, _pointer, _size],
+    "silu_mul_row": [_pointer, _pointer, _size],
     "silu_mul": [_pointer, _pointer, _size, _size, _int],
     "decode_attention": [_pointer, _pointer, _pointer, _pointer, _pointer, _size, _size, _size, _size, _size,
                          _float, _pointer, _pointer, _int],

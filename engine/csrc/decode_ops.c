@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 /* e^x for 8 floats (Cephes' polynomial, as in avx_mathfun): relative error ~1e-7 on the range softmax and SiLU
  * use; -inf and very negative x give 0. */
 static inline __m256 exp8(__m256 x) {

@@ -15,6 +15,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels.h"
+
 #define BLOCK 64
 #define X_ONE 16383.0f
 /* 8 products of |w| <= 16000 and |x| <= 16383 per int32 lane stay under 2^31. */
@@ -64,18 +66,6 @@ static inline float horizontal_max(__m256 v) {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
 }
-
-/* One weight matrix in the kernel's layout (engine/nf4_cpu.py's NF4Weight mirrors it). */
-typedef struct {
-    const uint8_t *packed;  /* rows * cols / 2 bytes, blocks of 64 as described above */
-    const uint8_t *qabsmax; /* rows * cols / 64 */
-    const float *absmax2;   /* one per 256 blocks */
-    const float *code2;     /* 256 values */
-    const float *bias;      /* rows, or NULL */
-    const uint8_t *table;   /* 16 low bytes then 16 high bytes of the int16 NF4 code * W_ONE */
-    float offset;
-    int64_t rows, cols;
-} nf4_weight;
 
 /* Up to MAX_TOKENS tokens (xq rows) times one row of W, scaled and summed into y[t * stride]. */
 static void row_product(const nf4_weight *w, int64_t n, const int16_t *xq, const float *xscale, int64_t tokens,
@@ -325,9 +315,6 @@ typedef void (*prompt_tiles_fn)(const prompt_panel *, const int64_t *, int, cons
 int nf4_prompt_has_vnni(void) {
     return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
 }
-
-/* decode_ops.c: out = silu(gate_up[:width]) * gate_up[width:] */
-void silu_mul_row(const float *gate_up, float *out, int64_t width);
 
 /* nf4_linear for prompts (see above): y (M, sum of rows) = x (M, K) times the `count` matrices, side by side;
  * or, `gated`, y (M, rows) = silu(x gate^T) * (x up^T) for the two matrices gate and up of one shape (a SiLU-gated

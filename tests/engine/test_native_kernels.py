@@ -4,7 +4,9 @@ tests/llm, which another change owns at the moment."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -96,3 +98,60 @@ def test_a_library_that_never_loads_falls_back_to_none(tmp_path, monkeypatch, ca
     with caplog.at_level(logging.WARNING, logger="engine.native"):
         assert native.load_native(tmp_path) is None
     assert "cannot be loaded" in caplog.text and "failed to map segment" in caplog.text
+
+
+CSRC = Path(native.__file__).parent / "csrc"
+HEADER = CSRC / "kernels.h"
+
+
+def c_declarations(text: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (return type, parameter types) of every non-static function declared or defined in C ``text``,
+    types with their names and white space taken out (``const float *x`` -> ``const float*``)."""
+    text = re.sub(r"/\*.*?\*/|#[^\n]*", "", text, flags=re.S)
+    found = {}
+    for match in re.finditer(r"^(?!static\b)([A-Za-z_][\w \t]*?[\s*]+)(\w+)\s*\(([^)]*)\)\s*[;{]", text, re.M):
+        returns, name, parameters = match.groups()
+        types = [] if parameters.strip() in ("", "void") else [
+            re.sub(r"\s*\*\s*", "*", re.sub(r"\w+$", "", p.strip())).strip() for p in parameters.split(",")]
+        found[name] = (returns.strip(), types)
+    return found
+
+
+def as_ctypes(c_type: str):
+    if c_type.endswith("*"):
+        return ctypes.POINTER(native.NF4Weight) if c_type.endswith("nf4_weight*") else ctypes.c_void_p
+    return {"int64_t": ctypes.c_int64, "float": ctypes.c_float, "int": ctypes.c_int, "void": None}[c_type]
+
+
+def test_the_ctypes_declarations_are_the_prototypes_of_the_header():
+    """kernels.h declares each exported function once; native.SIGNATURES / RETURNS must say the same to
+    ctypes, which would otherwise pass wrong-sized arguments without a word."""
+    declared = c_declarations(HEADER.read_text())
+    assert declared, "no prototypes parsed from kernels.h"
+    assert set(native.SIGNATURES) == set(declared)
+    for name, (returns, parameters) in declared.items():
+        assert native.SIGNATURES[name] == [as_ctypes(p) for p in parameters], name
+        assert native.RETURNS.get(name) == as_ctypes(returns), name
+
+
+def test_every_c_file_defines_only_what_the_header_declares():
+    """Both sources include the header (so the compiler holds each definition to its prototype), and export
+    nothing the header leaves out."""
+    declared = c_declarations(HEADER.read_text())
+    for source in native.SOURCES:
+        text = source.read_text()
+        assert '#include "kernels.h"' in text, source.name
+        defined = c_declarations(text)
+        assert set(defined) <= set(declared), (source.name, set(defined) - set(declared))
+    assert HEADER in native.HEADERS  # so a change to it builds a new library
+
+
+def test_the_weight_structure_is_the_headers():
+    body = re.search(r"typedef struct \{(.*?)\} nf4_weight;", re.sub(r"/\*.*?\*/", "", HEADER.read_text()), re.S)
+    fields = []
+    for declaration in filter(str.strip, body.group(1).split(";")):
+        c_type, names = re.match(r"\s*((?:const\s+)?\w+)\s*(.*)", declaration, re.S).groups()
+        for name in names.split(","):
+            pointer = name.strip().startswith("*")
+            fields.append((name.strip().lstrip("*").strip(), as_ctypes(c_type + ("*" if pointer else ""))))
+    assert native.NF4Weight._fields_ == fields
