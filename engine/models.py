@@ -180,21 +180,15 @@ def disable_bf16_repacking(model) -> int:
     return count
 
 
-def resolve_quantization(settings: LLMSettings, device: str, cache_dir: Path) -> str:
-    """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (engine/csrc/nf4_kernel.c: AVX2, FMA, a C
-    compiler; what they compute: ``engine.nf4_cpu``); int8 elsewhere (``bench/bench_llm.py`` compares them)."""
+def resolve_quantization(settings: LLMSettings, device: str, kernels: ctypes.CDLL | None) -> str:
+    """``auto``: NF4 on a GPU, and on a CPU where our NF4 kernels run (``kernels``: ``engine.native``'s library,
+    None where it can't be built; what they compute: ``engine.nf4_cpu``) unless ``nf4_kernel`` is off; int8
+    elsewhere (``bench/bench_llm.py`` compares them)."""
     if settings.quantization != "auto":
         return settings.quantization
     if device == "cuda":
         return "nf4"
-    return "nf4" if nf4_kernels_run(settings, cache_dir) else "int8"
-
-
-def nf4_kernels_run(settings: LLMSettings, cache_dir: Path) -> bool:
-    """Whether NF4 on this CPU runs on our kernels: asked for (``nf4_kernel``) and buildable here."""
-    from engine.native import load_native
-
-    return settings.nf4_kernel and load_native(cache_dir) is not None
+    return "nf4" if settings.nf4_kernel and kernels is not None else "int8"
 
 
 def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_training: bool) -> LoadedModel:
@@ -205,15 +199,16 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
 
     path = resolve_model_dir(settings, cache_dir)
     device = pick_device(settings)
-    quantization = "nf4" if for_training else resolve_quantization(settings, device, cache_dir)
+    # The kernels are looked up here once and handed to whatever uses them; training runs none of them.
+    kernels = load_native(cache_dir) if device == "cpu" and not for_training else None
+    quantization = "nf4" if for_training else resolve_quantization(settings, device, kernels)
     cpu_kernels = device == "cpu" and quantization in ("int8", "fp16")
     kwargs: dict = {}
     # NF4 computes in bf16 on CUDA and, when serving, in bitsandbytes' layers on CPUs with native bf16
     # (AVX512-BF16, AMX), where it beat fp32; in fp32 elsewhere, as torch emulates bf16 slowly, and always on our
     # NF4 kernels, whose prompt kernel takes fp32 only (bench/bench_llm.py).
     native_bf16 = device == "cuda" or (not for_training and cpu_has_native_bf16())
-    on_our_kernels = (device == "cpu" and quantization == "nf4" and not for_training
-                      and nf4_kernels_run(settings, cache_dir))
+    on_our_kernels = quantization == "nf4" and settings.nf4_kernel and kernels is not None
     compute = torch.bfloat16 if native_bf16 and not on_our_kernels else torch.float32
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -247,9 +242,8 @@ def _load(settings: LLMSettings, cache_dir: Path, adapters_dir: Path, *, for_tra
     elif on_our_kernels:
         from engine.nf4_cpu import use_nf4_kernel
 
-        use_nf4_kernel(loaded.model, cache_dir)
-    if device == "cpu":
-        loaded.native = load_native(cache_dir)
+        use_nf4_kernel(loaded.model, kernels)
+    loaded.native = kernels
     return loaded
 
 

@@ -23,13 +23,12 @@ Where no compiler, no AVX2 or an unsupported layer shape is found, the bitsandby
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from engine.cpu_weights import SharedProduct, fuse_projections
-from engine.native import NF4Weight, load_native
+from engine.native import NF4Weight
 
 BLOCK = 64
 W_ONE = 16000.0  # nf4_kernel.c's scale of the int16 code table
@@ -241,18 +240,15 @@ def is_nf4_linear(module: nn.Module | None) -> bool:
     return isinstance(module, NF4Linear)
 
 
-def use_nf4_kernel(model: nn.Module, cache_dir: Path) -> int:
-    """Swap every supported bitsandbytes NF4 layer of ``model`` for an ``NF4Linear``, in place, and quantise the
-    output layer (which bitsandbytes keeps in float) the same way; returns how many layers now run on the kernel
-    (0 where it can't be built here).
+def use_nf4_kernel(model: nn.Module, library: ctypes.CDLL) -> int:
+    """Swap every supported bitsandbytes NF4 layer of ``model`` for an ``NF4Linear`` on ``library`` (the kernels
+    ``engine.native.load_native`` gave), in place, and quantise the output layer (which bitsandbytes keeps in
+    float) the same way; returns how many layers now run on the kernel.
 
     The output layer is the largest matrix of a small model (136M of the 0.5B's 494M weights), read whole for every
     token: NF4 reads an eighth of float32's bytes, for a small rise in divergence from the float model (figures in
     bench/README.md).
     """
-    library = load_native(cache_dir)
-    if library is None:
-        return 0
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

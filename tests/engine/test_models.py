@@ -48,16 +48,22 @@ def random_adapter(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def test_auto_is_nf4_where_our_kernels_run_and_int8_on_other_cpus(tmp_path, monkeypatch):
+def test_auto_is_nf4_where_our_kernels_run_and_int8_on_other_cpus():
+    kernels = object()  # stands for engine.native's library, loaded
+    assert resolve_quantization(LLMSettings(), "cuda", None) == "nf4"
+    assert resolve_quantization(LLMSettings(quantization="fp32"), "cpu", kernels) == "fp32"
+    assert resolve_quantization(LLMSettings(), "cpu", kernels) == "nf4"
+    assert resolve_quantization(LLMSettings(nf4_kernel=False), "cpu", kernels) == "int8"
+    assert resolve_quantization(LLMSettings(), "cpu", None) == "int8"
+
+
+def test_a_cpu_without_kernels_loads_auto_as_int8(tiny_model_dir, tmp_path, monkeypatch):
     from engine import native
 
-    assert resolve_quantization(LLMSettings(), "cuda", tmp_path) == "nf4"
-    assert resolve_quantization(LLMSettings(quantization="fp32"), "cpu", tmp_path) == "fp32"
-    assert resolve_quantization(LLMSettings(), "cpu", tmp_path) == ("nf4" if native.cpu_supports_native() else "int8")
-    assert resolve_quantization(LLMSettings(nf4_kernel=False), "cpu", tmp_path) == "int8"
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setenv("CC", "false")  # no working compiler: no kernels
-    assert resolve_quantization(LLMSettings(), "cpu", tmp_path / "elsewhere") == "int8"
+    loaded = load_model(LLMSettings(model=str(tiny_model_dir), device="cpu"), tmp_path, shared=False)
+    assert loaded.quantization == "int8" and loaded.native is None
 
 
 @pytest.mark.parametrize("mode, min_cosine", [("fp16", 0.9999), ("int8", 0.99)])

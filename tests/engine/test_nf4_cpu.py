@@ -203,6 +203,30 @@ def test_a_loaded_nf4_model_runs_on_the_kernel_with_the_logits_of_bitsandbytes_l
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
+def test_one_load_looks_the_kernels_up_once(model_dir, tmp_path, monkeypatch):
+    """The library is found once per load and handed to the quantisation choice, the layer swap and the
+    forward, however each of them imports it: every call of load_native passes through its lock."""
+    import threading
+
+    class CountingLock:
+        def __init__(self):
+            self.lock, self.entered = threading.Lock(), 0
+
+        def __enter__(self):
+            self.entered += 1
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    lock = CountingLock()
+    monkeypatch.setattr(native, "_lock", lock)
+    loaded = load_model(LLMSettings(model=str(model_dir), device="cpu"), tmp_path, shared=False)  # "auto"
+    assert loaded.quantization == "nf4" and isinstance(loaded.model.lm_head, NF4Linear)
+    assert loaded.native is not None and loaded.native is loaded.model.lm_head.library
+    assert lock.entered == 1
+
+
 def test_without_a_working_compiler_bitsandbytes_layers_stay_and_say_why(model_dir, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
