@@ -1,4 +1,5 @@
-"""``python -m ingest DOCS [--kb KB_DIR] [--prune] [--json] [--rebuild] [--delete NAME] [--config FILE]``
+"""``python -m ingest DOCS [--kb KB_DIR] [--prune] [--json] [--rebuild] [--delete NAME] [--config FILE]
+[--no-ocr] [--ocr-language ch]``
 
 Exit status: 0 when every file ingested (or was skipped), 1 when any file failed, 2 on usage or
 knowledge-base errors (another ingest running, a knowledge base built with another embedding model, ...).
@@ -20,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ingest",
         description="Build or update a knowledge base from a folder of PDF, Word, Excel, PowerPoint, .txt, .md "
-                    "and .html files.")
+                    "and .html files, and through OCR scanned PDFs and images (.png, .jpg, .tif).")
     p.add_argument("docs", nargs="?", type=Path, help="folder to ingest (its files' paths become source names)")
     p.add_argument("--kb", type=Path, help="knowledge-base folder (default: from settings, kb/default)")
     p.add_argument("--prune", action="store_true", help="delete documents whose file is gone from DOCS")
@@ -31,16 +32,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="remove the document with this source name (repeatable)")
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-ocr", dest="ocr", action="store_false", default=None,
+                   help="no OCR this run (setting ingest.ocr, on by default): scanned PDFs fail, images are skipped")
+    p.add_argument("--ocr-language", choices=["ch"],
+                   help="OCR recognition language (setting ingest.ocr_language; 'ch': Chinese with English)")
     return p
 
 
 class _ProgressBar:
-    """tqdm over files, with pages and chunks of the run in the postfix."""
+    """tqdm over files, with pages and chunks of the run in the postfix; a second bar over OCR pages, the
+    slow part, appears when a file needs OCR."""
 
     def __init__(self, enabled: bool):
         self.bar = None
+        self.ocr_bar = None
         self.enabled = enabled
         self.pages = self.chunks = self.embedded = 0
+
+    def ocr(self, queued: int, done: int) -> None:
+        """Called from the thread that parses: ``queued`` more pages to OCR, ``done`` more read."""
+        if not self.enabled:
+            return
+        if self.ocr_bar is None:
+            from tqdm import tqdm
+
+            self.ocr_bar = tqdm(total=0, unit="page", desc="OCR", file=sys.stderr, dynamic_ncols=True, position=1)
+        if queued:
+            self.ocr_bar.total += queued
+            self.ocr_bar.refresh()
+        if done:
+            self.ocr_bar.update(done)
 
     def embedded_some(self, n: int) -> None:
         """Keeps the bar moving while a long document is embedded."""
@@ -64,6 +85,8 @@ class _ProgressBar:
         self.bar.update(1)
 
     def close(self) -> None:
+        if self.ocr_bar is not None:
+            self.ocr_bar.close()
         if self.bar is not None:
             self.bar.set_description("done")
             self.bar.close()
@@ -91,7 +114,8 @@ def format_summary(report: IngestReport) -> str:
     rows = [("files added", s["files_added"]), ("files updated", s["files_updated"]),
             ("files skipped", s["files_skipped"]), ("files failed", s["files_failed"]),
             ("files deleted", s["files_deleted"]), ("pages", s["pages"]), ("chunks", s["chunks"]),
-            ("chunks embedded", s["chunks_embedded"]), ("seconds", f"{report.seconds:.2f}")]
+            ("chunks embedded", s["chunks_embedded"]), ("pages OCR'd", s["ocr_pages"]),
+            ("pages OCR'd before", s["ocr_pages_cached"]), ("seconds", f"{report.seconds:.2f}")]
     rows += [(f"  {stage} s", f"{report.stage_seconds[stage]:.2f}") for stage in STAGES]
     width = max(len(k) for k, _ in rows)
     lines = [f"knowledge base: {report.kb_path}"] + [f"{k:<{width}}  {v:>8}" for k, v in rows]
@@ -109,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
+        overrides = {k: v for k, v in (("ocr", args.ocr), ("ocr_language", args.ocr_language)) if v is not None}
+        settings = settings.with_overrides(ingest=overrides) if overrides else settings
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -141,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = _ProgressBar(enabled=not args.quiet)
         try:
             report = ingest_folder(args.docs, settings, kb_path=kb_path, prune=args.prune, progress=bar,
-                                   on_embedded=bar.embedded_some)
+                                   on_embedded=bar.embedded_some, on_ocr=bar.ocr)
         finally:
             bar.close()
     except KnowledgeBaseError as exc:  # an EmbeddingMismatchError among them

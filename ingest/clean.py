@@ -93,9 +93,9 @@ def normalize_chars(text: str) -> str:
 
 
 def clean_document(parsed: ParsedDocument) -> CleanDocument:
-    """Clean a parsed document; PDFs get header/footer removal and line-wrap joining, text formats keep
-    their lines (their authors wrote paragraphs, not typeset lines)."""
-    return clean_pages(parsed.title, parsed.pages, parsed.headings, typeset=parsed.kind == "pdf")
+    """Clean a parsed document; PDFs and OCR'd images get header/footer removal and line-wrap joining, text
+    formats keep their lines (their authors wrote paragraphs, not typeset lines)."""
+    return clean_pages(parsed.title, parsed.pages, parsed.headings, typeset=parsed.kind in ("pdf", "image"))
 
 
 def clean_pages(title: str, pages: Sequence[Page], headings: Sequence[Heading] = (), *,

@@ -1,5 +1,6 @@
-"""Turn a file into text with page numbers and headings: PDF, plain text, Markdown, HTML, and Word, Excel
-and PowerPoint files (``ingest.office``: a slide is a page, a workbook row is a page numbered by its sheet).
+"""Turn a file into text with page numbers and headings: PDF, plain text, Markdown, HTML, Word, Excel
+and PowerPoint files (``ingest.office``: a slide is a page, a workbook row is a page numbered by its sheet),
+and through OCR (``ingest.ocr``, when a ``PageReader`` is given) scanned PDF pages and image files.
 
 A PDF gives one ``Page`` per page (1-based numbers) and its outline (bookmarks) as headings. Tables found on
 a page are written out as rows of cells joined by `` | `` in reading order, so they are not scrambled.
@@ -29,16 +30,20 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from kbcore.config import LimitSettings
 from kbcore.text import CJK_TEXT
 
-DocumentKind = Literal["pdf", "txt", "md", "html", "docx", "xlsx", "pptx"]
+if TYPE_CHECKING:
+    from ingest.ocr import PageReader
+
+DocumentKind = Literal["pdf", "txt", "md", "html", "docx", "xlsx", "pptx", "image"]
 
 SUPPORTED_SUFFIXES: dict[str, DocumentKind] = {
     ".pdf": "pdf", ".txt": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html",
     ".docx": "docx", ".xlsx": "xlsx", ".pptx": "pptx",
+    ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image",
 }
 # Old binary Office formats are not read, but they are taken up so that each fails saying how to convert it
 # rather than being skipped in silence.
@@ -82,6 +87,7 @@ class ParsedDocument:
     pages: list[Page]
     headings: list[Heading] = field(default_factory=list)
     tables: int = 0  # how many tables were written out as rows
+    ocr_pages: int = 0  # pages whose text came from OCR
 
     @property
     def page_count(self) -> int:
@@ -91,16 +97,18 @@ class ParsedDocument:
 def is_supported(path: str | os.PathLike) -> bool:
     """Whether ingest takes the file up: a kind it reads, or an old Office file that fails with how to convert it.
 
-    >>> is_supported("报告.DOCX"), is_supported("旧表.xls"), is_supported("图.png")
-    (True, True, False)
+    >>> is_supported("报告.DOCX"), is_supported("旧表.xls"), is_supported("扫描.TIF"), is_supported("图.gif")
+    (True, True, True, False)
     """
     suffix = Path(path).suffix.lower()
     return suffix in SUPPORTED_SUFFIXES or suffix in LEGACY_OFFICE_SUFFIXES
 
 
-def parse_file(path: str | os.PathLike, limits: LimitSettings | None = None) -> ParsedDocument:
+def parse_file(path: str | os.PathLike, limits: LimitSettings | None = None,
+               ocr: "PageReader | None" = None) -> ParsedDocument:
     """Parse one file by its extension; raises ``ParseError`` (or ``UnsupportedFileError``) with the reason.
-    Only a regular file is read: a link, FIFO or device is refused before it is opened."""
+    Only a regular file is read: a link, FIFO or device is refused before it is opened. Without ``ocr``
+    nothing is OCR'd: a scanned PDF and an image file fail saying they need it."""
     path = Path(path)
     limits = limits or LimitSettings()
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
@@ -122,7 +130,9 @@ def parse_file(path: str | os.PathLike, limits: LimitSettings | None = None) -> 
 
         parsed = parse_office(path, kind, limits)
     elif kind == "pdf":
-        parsed = _parse_pdf(path, limits)
+        parsed = _parse_pdf(path, limits, ocr)
+    elif kind == "image":
+        parsed = _parse_image(path, limits, ocr)
     else:
         # UTF-8 and GB18030 spend at most 4 bytes a character, so a bigger file holds too many characters.
         if size > 4 * limits.max_chars:
@@ -202,7 +212,7 @@ def _describe_bytes(head: bytes) -> str:
     return "not a PDF"
 
 
-def _parse_pdf(path: Path, limits: LimitSettings) -> ParsedDocument:
+def _parse_pdf(path: Path, limits: LimitSettings, ocr: "PageReader | None" = None) -> ParsedDocument:
     import pymupdf
 
     if hasattr(pymupdf, "no_recommend_layout"):
@@ -243,11 +253,15 @@ def _parse_pdf(path: Path, limits: LimitSettings) -> ParsedDocument:
             _check_chars(path, limits, chars)
             tables += found
             pages.append(Page(number, text))
+        scanned = _ocr_pdf_pages(path, pdf, pages, limits, ocr) if ocr is not None else 0
         try:
             if not any(p.text.strip() for p in pages):
                 has_images = any(page.get_images() for page in pdf)
-                raise ParseError(path, "no text layer: the pages are scanned images only; run OCR on it first"
-                                 if has_images else "no text could be extracted from any page")
+                raise ParseError(path, f"no text: it has no text layer, and OCR found no text on its {scanned} "
+                                       f"scanned page(s)" if scanned else
+                                       "no text layer: the pages are scanned images only, and OCR is off (turn "
+                                       "on setting ingest.ocr, or leave out --no-ocr)" if has_images else
+                                       "no text could be extracted from any page")
             headings = [Heading(level, title.strip(), page) for level, title, page in pdf.get_toc(simple=True)
                         if title.strip() and 1 <= page <= pdf.page_count]
             meta_title = (pdf.metadata or {}).get("title") or ""
@@ -259,7 +273,59 @@ def _parse_pdf(path: Path, limits: LimitSettings) -> ParsedDocument:
     meta_title = meta_title.strip()[:limits.max_heading_chars]
     title = meta_title if not _USELESS_TITLE.match(meta_title) else ""
     title = title or (headings[0].title if headings else "") or _first_line(pages) or path.stem
-    return ParsedDocument(path, "pdf", title, pages, headings, tables)
+    return ParsedDocument(path, "pdf", title, pages, headings, tables, scanned)
+
+
+def _ocr_pdf_pages(path: Path, pdf, pages: list[Page], limits: LimitSettings, ocr: "PageReader") -> int:
+    """Replace the text of scanned pages (``ocr.needs_ocr``) by what OCR reads on them; how many there were."""
+    from ingest.ocr import OcrError, needs_ocr, ocr_pdf_page
+
+    try:
+        todo = [i for i, page in enumerate(pages) if needs_ocr(pdf.load_page(i), page.text)]
+    except Exception as exc:  # damaged image objects
+        raise ParseError(path, f"damaged PDF: its images cannot be listed ({exc})") from None
+    ocr.on_ocr(len(todo), 0)
+    chars = sum(len(p.text) for p in pages)
+    for i in todo:
+        try:
+            text = ocr_pdf_page(pdf.load_page(i), ocr)
+        except OcrError as exc:
+            raise ParseError(path, f"page {i + 1}: {exc}") from None
+        except Exception as exc:  # rendering a damaged page, or the OCR engine failing on it
+            raise ParseError(path, f"page {i + 1} cannot be OCR'd ({type(exc).__name__}: {exc})") from None
+        chars += len(text) - len(pages[i].text)
+        _check_chars(path, limits, len(text), i + 1)
+        _check_chars(path, limits, chars)
+        pages[i] = Page(pages[i].number, text)
+    return len(todo)
+
+
+def _parse_image(path: Path, limits: LimitSettings, ocr: "PageReader | None") -> ParsedDocument:
+    """An image file through OCR: one page per image (a multi-page TIFF has several)."""
+    from ingest.ocr import LOW_CONFIDENCE_MARK, ImageFile, OcrError
+
+    if ocr is None:
+        raise ParseError(path, "an image: reading it needs OCR, which is off (turn on setting ingest.ocr, or "
+                               "leave out --no-ocr)")
+    pages: list[Page] = []
+    chars = 0
+    try:
+        with ImageFile(path, limits) as image:
+            ocr.on_ocr(len(image), 0)
+            for number, bgr in enumerate(image, start=1):
+                text = ocr.text(bgr)
+                chars += len(text)
+                _check_chars(path, limits, len(text), number)
+                _check_chars(path, limits, chars)
+                pages.append(Page(number, text))
+    except OcrError as exc:
+        raise ParseError(path, str(exc)) from None
+    if not any(p.text.strip() for p in pages):
+        raise ParseError(path, f"no text: OCR found none in the image{'s' if len(pages) > 1 else ''} (a photo or "
+                               f"drawing without writing, or a blank scan)")
+    first = _first_line(pages)
+    title = first if first and LOW_CONFIDENCE_MARK not in first else path.stem
+    return ParsedDocument(path, "image", title, pages, ocr_pages=len(pages))
 
 
 _PAGE_NUMBER_LINE = re.compile(r"^[-–—\s\divxlc]*$", re.IGNORECASE)

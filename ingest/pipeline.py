@@ -3,7 +3,7 @@
 A document's ``source`` key is its path relative to the ingested folder. Its content hash (sha256 of the
 bytes) decides the work:
 
-- unchanged: skipped, with no parsing and no embedding;
+- unchanged: skipped, with no parsing, no OCR and no embedding;
 - new or changed: parsed and stored in one transaction that replaces all its old chunks; chunks whose text
   and heading did not change keep their stored vectors instead of being embedded again;
 - failed (bad file): reported with the reason, and the previously stored version, if any, is kept; this
@@ -15,6 +15,10 @@ bytes) decides the work:
 The whole run holds the knowledge base's write lock, so a second ingest at the same time is refused
 (``KnowledgeBaseBusyError``) instead of interleaving. Each document is its own transaction, so a killed run
 leaves every document either in its old or its new state.
+
+Scanned PDF pages and image files are read by OCR (``ingest.ocr``) when ``settings.ingest.ocr`` is on; its
+results are also kept by the hash of each page's pixels in the knowledge base's ``ocr-cache`` folder, so a
+file parsed again reads only pages it has not read before. With OCR off, image files are skipped.
 
 The embedder is loaded only when something needs embedding (or a new knowledge base needs its model id),
 so a re-run over an unchanged folder costs hashing and a database read.
@@ -35,6 +39,7 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 
 from ingest.clean import clean_document
+from ingest.ocr import IMAGE_SUFFIXES, OcrProgress, PageReader
 from ingest.parse import ParseError, check_regular_file, is_supported, parse_file
 from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
@@ -44,7 +49,8 @@ from kbcore.text import (PASSAGE_FORMAT, TOKENIZER_VERSION, chunk_tokens, openin
                          stored_opening_chars)
 
 FileStatus = Literal["added", "updated", "skipped", "failed", "deleted"]
-STAGES = ("scan", "parse", "clean", "split", "tokens", "model", "embed", "store")  # model = loading the embedder
+# model = loading the embedder; ocr = rendering, reading and ordering scanned pages (the rest of parsing is "parse")
+STAGES = ("scan", "parse", "ocr", "clean", "split", "tokens", "model", "embed", "store")
 # Bump when parsing, cleaning or splitting changes what is stored for the same file.
 INGEST_VERSION = "2"
 
@@ -78,6 +84,8 @@ class IngestReport:
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     seconds: float = 0.0
     characters: int = 0  # characters of chunk text produced by this run (added and updated files)
+    ocr_pages: int = 0  # pages (or images) the OCR engine read in this run
+    ocr_pages_cached: int = 0  # pages whose OCR came from the knowledge base's ocr-cache
     notes: list[str] = field(default_factory=list)  # things the user should know about the whole run
 
     def count(self, status: FileStatus) -> int:
@@ -107,6 +115,7 @@ class IngestReport:
             "files_skipped": self.count("skipped"), "files_failed": self.count("failed"),
             "files_deleted": self.count("deleted"), "pages": self.pages, "chunks": self.chunks,
             "chunks_embedded": self.chunks_embedded, "characters": self.characters,
+            "ocr_pages": self.ocr_pages, "ocr_pages_cached": self.ocr_pages_cached,
             "seconds": round(self.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "kb": str(self.kb_path),
@@ -170,6 +179,8 @@ def open_or_create_kb(settings: Settings, kb_path: str | os.PathLike | None = No
 
 
 IGNORE_FILE = ".ingestignore"
+# Inside the knowledge-base folder: OCR results by the hash of the pixels read (ingest.ocr.PageReader).
+OCR_CACHE = "ocr-cache"
 
 
 def _walk(folder: Path) -> list[Path]:
@@ -218,8 +229,10 @@ class _Ingester:
     """One ingest run over a list of (source, path) pairs, holding the write lock throughout."""
 
     def __init__(self, kb: KnowledgeBase, settings: Settings, embedder: _LazyEmbedder,
-                 progress: ProgressCallback | None, on_embedded: EmbeddedCallback | None = None):
+                 progress: ProgressCallback | None, on_embedded: EmbeddedCallback | None = None,
+                 on_ocr: OcrProgress | None = None):
         self.kb = kb
+        self.ocr = PageReader(settings.ingest, kb.path / OCR_CACHE, on_ocr) if settings.ingest.ocr else None
         self.settings = settings
         self.embedder = embedder
         self.splitter = ChineseTextSplitter(settings.chunking.chunk_size, settings.chunking.chunk_overlap)
@@ -280,6 +293,8 @@ class _Ingester:
             if self.changed_settings and not self.report.failures:
                 writer.set_settings(self.wanted_settings)
         self._timed("store", started)  # the search index is rewritten when the writer closes
+        if self.ocr is not None:
+            self.report.ocr_pages, self.report.ocr_pages_cached = self.ocr.pages, self.ocr.cached
         return self.report
 
     def _prepare(self, source: str, path: Path) -> "_Prepared | FileResult":
@@ -287,6 +302,9 @@ class _Ingester:
         t0 = time.perf_counter()
         if not is_supported(path) and not path.is_dir():  # a link to a folder fails below, with its reason
             return FileResult(source, "skipped", f"unsupported file type {path.suffix or '(no extension)'!r}",
+                              seconds=time.perf_counter() - t0)
+        if self.ocr is None and path.suffix.lower() in IMAGE_SUFFIXES:
+            return FileResult(source, "skipped", "an image: reading it needs OCR, which is off (setting ingest.ocr)",
                               seconds=time.perf_counter() - t0)
         previous = self.stored.get(source)
 
@@ -308,9 +326,13 @@ class _Ingester:
             return FileResult(source, "skipped", "unchanged", previous.pages, previous.chunks,
                               seconds=time.perf_counter() - t0)
         limits = self.settings.limits
+        ocr_before = self.ocr.seconds if self.ocr is not None else 0.0
         try:
-            parsed = parse_file(path, limits)
-            t = self._timed("parse", t)
+            try:
+                parsed = parse_file(path, limits, self.ocr)
+            finally:
+                t = self._timed("parse", t)
+                self._move_ocr_time(ocr_before)
             cleaned = clean_document(parsed)
             t = self._timed("clean", t)
             chunks = self.splitter.split(cleaned)
@@ -334,6 +356,13 @@ class _Ingester:
         return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks,
                          chunk_openings, tokens, t0,
                          "unchanged file, split again because chunking changed" if same_bytes else "")
+
+    def _move_ocr_time(self, before: float) -> None:
+        """OCR ran inside parsing; its time is its own stage."""
+        if self.ocr is not None:
+            with self._stage_lock:
+                self.report.stage_seconds["parse"] -= self.ocr.seconds - before
+                self.report.stage_seconds["ocr"] += self.ocr.seconds - before
 
     def _store(self, writer, prepared: "_Prepared") -> FileResult:
         t = time.perf_counter()
@@ -377,35 +406,38 @@ class _Ingester:
 
 def ingest_folder(folder: str | os.PathLike, settings: Settings, *, kb_path: str | os.PathLike | None = None,
                   prune: bool = False, progress: ProgressCallback | None = None,
-                  on_embedded: EmbeddedCallback | None = None) -> IngestReport:
+                  on_embedded: EmbeddedCallback | None = None, on_ocr: OcrProgress | None = None) -> IngestReport:
     """Ingest every supported file under ``folder``; see the module docstring for what happens to each."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
     files = [(p.relative_to(folder).as_posix(), p) for p in _walk(folder)]
-    return _ingest(files, settings, kb_path, prune_missing=prune, progress=progress, on_embedded=on_embedded)
+    return _ingest(files, settings, kb_path, prune_missing=prune, progress=progress, on_embedded=on_embedded,
+                   on_ocr=on_ocr)
 
 
 def ingest_files(paths: Iterable[str | os.PathLike], settings: Settings, *, kb_path: str | os.PathLike | None = None,
                  root: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
-                 on_embedded: EmbeddedCallback | None = None) -> IngestReport:
+                 on_embedded: EmbeddedCallback | None = None, on_ocr: OcrProgress | None = None) -> IngestReport:
     """Ingest the given files (e.g. uploads). A file's source key is its path relative to ``root``, or its
     file name when no root is given."""
     files = []
     for p in map(Path, paths):
         source = p.resolve().relative_to(Path(root).resolve()).as_posix() if root is not None else p.name
         files.append((source, p))
-    return _ingest(files, settings, kb_path, prune_missing=False, progress=progress, on_embedded=on_embedded)
+    return _ingest(files, settings, kb_path, prune_missing=False, progress=progress, on_embedded=on_embedded,
+                   on_ocr=on_ocr)
 
 
-def _ingest(files, settings: Settings, kb_path, *, prune_missing: bool, progress, on_embedded=None) -> IngestReport:
+def _ingest(files, settings: Settings, kb_path, *, prune_missing: bool, progress, on_embedded=None,
+            on_ocr=None) -> IngestReport:
     began = time.perf_counter()
     path = Path(kb_path) if kb_path is not None else settings.kb_path
     embedder = _LazyEmbedder(settings)
     kb = open_or_create_kb(settings, path, embedder=None if KnowledgeBase.exists(path) else embedder.get())
     embedder.kb = kb
     try:
-        ingester = _Ingester(kb, settings, embedder, progress, on_embedded)
+        ingester = _Ingester(kb, settings, embedder, progress, on_embedded, on_ocr)
         present = {source for source, _ in files}
         gone = sorted(s for s in ingester.stored if s not in present) if prune_missing else []
         loaded_before = embedder.load_seconds

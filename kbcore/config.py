@@ -84,6 +84,19 @@ class LimitSettings:
     max_heading_chars: int = 500
     # Outline entries and heading lines per file: each is looked up in the text, so they cost time too.
     max_headings: int = 20_000
+    # Pixels of an image file (or one TIFF page) before it is decoded: decoding takes about 3 bytes a pixel,
+    # and OCR reads it shrunk to a page's size anyway. A 600 dpi A3 scan is 70 megapixels.
+    max_image_megapixels: int = 150
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    # OCR for PDF pages without a text layer and for .png/.jpg/.tif files (ingest.ocr). Off: a scanned PDF
+    # fails saying it needs OCR, and image files are skipped.
+    ocr: bool = True
+    # "ch": simplified Chinese with English, the PP-OCRv4 models inside the rapidocr-onnxruntime wheel; other
+    # languages need recognition models that are not shipped.
+    ocr_language: Literal["ch"] = "ch"
 
 
 @dataclass(frozen=True)
@@ -223,6 +236,7 @@ class Settings:
     llm: LLMSettings = field(default_factory=LLMSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
     app: AppSettings = field(default_factory=AppSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
 

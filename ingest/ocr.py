@@ -1,0 +1,453 @@
+"""OCR for what has no text layer: PDF pages that are scanned images, and image files (.png, .jpg/.jpeg,
+.tif/.tiff; a TIFF page is a page).
+
+- Engine: RapidOCR (``rapidocr-onnxruntime``) with the PP-OCRv4 Chinese/English detection and recognition
+  models inside its wheel, so nothing is downloaded. It is imported on first use and built once per process.
+- Which PDF pages: those whose text layer is (nearly) empty and that show images. A page with a text layer is
+  never OCR'd; on an OCR'd page, what little text layer there is wins over OCR where the two overlap.
+- Resolution: PDF pages are rendered at ``RENDER_DPI`` (chosen by accuracy against speed, bench/README.md);
+  any image is shrunk to at most ``MAX_OCR_PIXELS`` first, so time and memory stay those of a page.
+- Reading order: columns, then top to bottom (``reading_order``).
+- Low confidence: a line the recogniser is unsure of is kept, followed by ``LOW_CONFIDENCE_MARK``.
+- Cache: raw OCR results are kept by the hash of the pixels read, in the knowledge base's ``ocr-cache``
+  folder, so a file parsed again (a changed chunking setting, a page added to a scan) re-reads only new pages.
+  Unchanged files are not parsed at all (``ingest.pipeline``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import statistics
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kbcore.config import IngestSettings, LimitSettings
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+RENDER_DPI = 150
+# Larger images are shrunk to this before OCR (an A3 page at RENDER_DPI): text detection's time and memory
+# grow with the pixels (bench/README.md).
+MAX_OCR_PIXELS = 4_500_000
+# A page whose text layer holds fewer non-space characters than this (a stamped page number, a scanner's
+# label) and whose images cover at least MIN_IMAGE_COVER of it is a scan.
+NEAR_EMPTY_CHARS = 20
+MIN_IMAGE_COVER = 0.1
+# Lines recognised with a lower score are kept but marked: they mostly hold a wrong character or two, which
+# retrieval tolerates better than a missing line, while a reader should check the page before quoting.
+MIN_CONFIDENCE = 0.8
+# "（？）" after a word is how Chinese editions mark a doubtful reading; punctuation, so no search token.
+LOW_CONFIDENCE_MARK = "（？）"
+# Bump when the engine's settings change what it returns for the same pixels: old cache entries are not used.
+OCR_VERSION = "rapidocr-1.4.4-ppocrv4-1"
+
+# on_ocr(queued, done): a file found `queued` more pages to OCR, or `done` more were read.
+OcrProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of text on a page image: an OCR line, or a text-layer line of a PDF page (score 1)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    text: str
+    score: float = 1.0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+
+class OcrError(Exception):
+    """OCR could not read an image; the parser turns it into a ParseError naming the file and page."""
+
+
+# ---------------------------------------------------------------------------------------------- engine
+_ENGINE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _engine(language: str):
+    """One RapidOCR per language and process: loading its three ONNX sessions takes a while."""
+    if language != "ch":  # the settings type allows "ch" only; this guards callers that bypass it
+        raise OcrError(f"no OCR models for language {language!r}: only 'ch' (Chinese with English) is shipped")
+    from rapidocr_onnxruntime import RapidOCR
+
+    # text_score=0 keeps every line (low ones are marked, not dropped); max_side_len is ours to enforce.
+    return RapidOCR(text_score=0.0, max_side_len=100_000, print_verbose=False)
+
+
+def recognise(bgr: np.ndarray, language: str = "ch") -> list[Segment]:
+    """OCR lines of an image (BGR, as OpenCV holds it) as axis-aligned segments, in no particular order."""
+    engine = _engine(language)
+    with _ENGINE_LOCK:  # one page at a time: the sessions already use every core
+        # No line-direction classifier: it turned upright lines upside down, and they came back as garbage
+        # (bench/bench_ocr.py); pages are scanned upright far more often than not.
+        result, _elapsed = engine(bgr, use_cls=False)
+    segments = []
+    for box, text, score in result or []:
+        text = " ".join(str(text).split())
+        if not text:
+            continue
+        xs, ys = [p[0] for p in box], [p[1] for p in box]
+        segments.append(Segment(float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)), text, float(score)))
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------- reading order
+def reading_order(segments: Sequence[Segment]) -> list[list[Segment]]:
+    """Segments grouped into lines in reading order: columns left to right, each top to bottom, and a line
+    that spans the columns (a title, a full-width paragraph) between the column blocks above and below it.
+
+    Detection returns lines top to bottom by their top edge (RapidOCR) or sorted by position (RAGFlow's
+    deepdoc, which then clusters x0 with k-means to find columns); on a two-column page both interleave the
+    columns. Here a column gutter is a vertical band that no narrow segment crosses, with column text on both
+    sides and few lines crossing it; those few split the page into blocks, read one after another.
+    """
+    segments = [s for s in segments if s.text]
+    if not segments:
+        return []
+    height = statistics.median(s.height for s in segments)
+    return _lines(_order(list(segments), height), height)
+
+
+def _order(segments: list[Segment], height: float) -> list[Segment]:
+    gutter = _find_gutter(segments, height)
+    if gutter is None:
+        return sorted(segments, key=lambda s: (s.y0 + s.y1, s.x0))
+    left_edge, right_edge = gutter
+    out: list[Segment] = []
+    block: list[Segment] = []
+
+    def flush():
+        left = [s for s in block if (s.x0 + s.x1) / 2 < (left_edge + right_edge) / 2]
+        right = [s for s in block if (s.x0 + s.x1) / 2 >= (left_edge + right_edge) / 2]
+        out.extend(_order(left, height) + _order(right, height))
+        block.clear()
+
+    for s in sorted(segments, key=lambda s: (s.y0 + s.y1, s.x0)):
+        if _crosses(s, gutter, height):  # spans the gutter: ends the column block above it
+            flush()
+            out.append(s)
+        else:
+            block.append(s)
+    flush()
+    return out
+
+
+def _crosses(s: Segment, gutter: tuple[float, float], height: float) -> bool:
+    """Whether a segment reaches across the gutter, not counting the margin detection adds round a line."""
+    return s.x0 + height < gutter[0] and s.x1 - height > gutter[1]
+
+
+def _find_gutter(segments: list[Segment], height: float) -> tuple[float, float] | None:
+    """(left, right) of the widest gutter between two columns of text, or None for a single column.
+    Boxes are taken a line's height narrower on each side: detection pads them, and a narrow gutter can
+    be covered by the padding alone."""
+    if len(segments) < 6:
+        return None
+    left = min(s.x0 for s in segments)
+    right = max(s.x1 for s in segments)
+    width = right - left
+    if width <= 0:
+        return None
+    # Lines as wide as most of the text cannot sit in a column; they are the spanning ones, if any.
+    narrow = [s for s in segments if s.width < 0.6 * width]
+    if len(narrow) < 6:
+        return None
+    cover = np.zeros(int(width) + 2, dtype=np.int32)
+    for s in narrow:
+        a, b = int(s.x0 - left + height), int(s.x1 - left - height) + 1
+        if a < b:
+            cover[a:b] += 1
+    empty = np.flatnonzero(cover == 0)
+    if not len(empty):
+        return None
+    # Runs of empty columns of pixels, strictly inside the text.
+    runs = np.split(empty, np.flatnonzero(np.diff(empty) > 1) + 1)
+    best = None
+    for run in runs:
+        a, b = left + run[0], left + run[-1]
+        if a - left < 0.15 * width or right - b < 0.15 * width or b - a < 0.5 * height:
+            continue
+        if best is None or b - a > best[1] - best[0]:
+            best = (a, b)
+    if best is None:
+        return None
+    a, b = best
+    on_left = [s for s in narrow if s.x1 - height <= a + 1]
+    on_right = [s for s in narrow if s.x0 + height >= b - 1]
+    spanning = [s for s in segments if _crosses(s, best, height)]
+    # Column text: several lines a side, of real width (not a ragged list of labels or table cells), and
+    # far more of them than lines crossing the gutter (a one-column page's lines all cross it).
+    for side in (on_left, on_right):
+        if len(side) < 3 or statistics.median(s.width for s in side) < 0.25 * width:
+            return None
+    if len(spanning) > 0.5 * min(len(on_left), len(on_right)):
+        return None
+    return best
+
+
+def _lines(ordered: list[Segment], height: float) -> list[list[Segment]]:
+    """Consecutive segments whose middles lie within half a line's height are one line, left to right."""
+    lines: list[list[Segment]] = []
+    for s in ordered:
+        if lines:
+            last = lines[-1]
+            middle = sum(x.y0 + x.y1 for x in last) / (2 * len(last))
+            if abs((s.y0 + s.y1) / 2 - middle) < 0.5 * height and all(s.x0 >= x.x1 - 0.5 * height or
+                                                                       s.x1 <= x.x0 + 0.5 * height for x in last):
+                last.append(s)
+                continue
+        lines.append([s])
+    return [sorted(line, key=lambda s: s.x0) for line in lines]
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\uffef"
+
+
+def lines_text(lines: Sequence[Sequence[Segment]], min_confidence: float = MIN_CONFIDENCE) -> str:
+    """One text line per line; pieces of a line joined with a space except between Chinese characters; a
+    piece recognised with a score under ``min_confidence`` is followed by ``LOW_CONFIDENCE_MARK``.
+
+    >>> a, b = Segment(0, 0, 50, 20, "第一条", 0.99), Segment(60, 0, 200, 20, "本法适用于", 0.5)
+    >>> lines_text([[a, b], [Segment(0, 30, 90, 50, "Debian 12", 0.95)]])
+    '第一条本法适用于（？）\\nDebian 12\\n'
+    """
+    out = []
+    for line in lines:
+        text = ""
+        for s in line:
+            piece = s.text + (LOW_CONFIDENCE_MARK if s.score < min_confidence else "")
+            if text and not (_is_cjk(text[-1]) and _is_cjk(piece[0])):
+                text += " "
+            text += piece
+        out.append(text + "\n")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- reader
+class PageReader:
+    """OCR for one ingest run: the settings, a cache folder (None: no cache), progress, and what was done.
+
+    ``pages`` counts images the engine read, ``cached`` those found in the cache, ``seconds`` the time spent
+    rendering, reading and ordering them."""
+
+    def __init__(self, settings: IngestSettings | None = None, cache_dir: str | os.PathLike | None = None,
+                 on_ocr: OcrProgress | None = None):
+        self.settings = settings or IngestSettings()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.on_ocr = on_ocr or (lambda _queued, _done: None)
+        self.pages = self.cached = 0
+        self.seconds = 0.0
+
+    def segments(self, bgr: np.ndarray) -> list[Segment]:
+        """OCR segments of an image, from the cache when the same pixels were read before."""
+        key = None
+        if self.cache_dir is not None:
+            digest = hashlib.sha256(f"{OCR_VERSION}|{self.settings.ocr_language}|{bgr.shape}|".encode())
+            digest.update(np.ascontiguousarray(bgr).data)
+            key = digest.hexdigest()
+            found = self._cache_get(key)
+            if found is not None:
+                self.cached += 1
+                return found
+        segments = recognise(bgr, self.settings.ocr_language)
+        self.pages += 1
+        if key is not None:
+            self._cache_put(key, segments)
+        return segments
+
+    def text(self, bgr: np.ndarray, known: Sequence[Segment] = ()) -> str:
+        """The image's text in reading order. ``known`` segments (a PDF page's own text, in the image's
+        pixels) are taken as they are, and OCR lines that overlap them are dropped."""
+        started = time.perf_counter()
+        try:
+            found = [s for s in self.segments(bgr) if not any(_overlap(s, k) > 0.5 for k in known)]
+            return lines_text(reading_order(list(known) + found))
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.on_ocr(0, 1)
+
+    def _cache_path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str) -> list[Segment] | None:
+        try:
+            rows = json.loads(self._cache_path(key).read_text(encoding="utf-8"))
+            return [Segment(*row) for row in rows]
+        except (OSError, ValueError, TypeError):  # absent, or a damaged entry: read the image again
+            return None
+
+    def _cache_put(self, key: str, segments: list[Segment]) -> None:
+        path = self._cache_path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            rows = [[s.x0, s.y0, s.x1, s.y1, s.text, s.score] for s in segments]
+            partial.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+            os.replace(partial, path)
+        except OSError:  # a read-only or full disk costs the cache, not the ingest
+            pass
+
+
+def _overlap(a: Segment, b: Segment) -> float:
+    """Share of ``a``'s area that ``b`` covers."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    area = a.width * a.height
+    return w * h / area if w > 0 and h > 0 and area > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- PDF pages
+def needs_ocr(page, text: str) -> bool:
+    """Whether a PDF page is a scan: (nearly) no text layer, and images covering a real part of the page."""
+    if len("".join(text.split())) >= NEAR_EMPTY_CHARS:
+        return False
+    area = abs(page.rect)
+    if not area:
+        return False
+    covered = 0.0
+    for info in page.get_image_info():
+        box = page.rect & info["bbox"]
+        covered += abs(box) if not box.is_empty else 0.0
+    return covered / area >= MIN_IMAGE_COVER
+
+
+def render_page(page, dpi: int = RENDER_DPI) -> np.ndarray:
+    """A PDF page as a BGR image at ``dpi``, or at less when that would exceed MAX_OCR_PIXELS (a poster-sized
+    page); the scale used is ``image width / page width``."""
+    import pymupdf
+
+    width, height = page.rect.width / 72, page.rect.height / 72
+    dpi = min(dpi, (MAX_OCR_PIXELS / max(width * height, 1e-6)) ** 0.5)
+    pix = page.get_pixmap(dpi=max(int(dpi), 1), colorspace=pymupdf.csRGB, alpha=False)
+    rgb = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.h, pix.w, 3)
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def text_layer_segments(page, scale: float) -> list[Segment]:
+    """The page's own text lines, in the pixels of an image rendered at ``scale`` pixels a point."""
+    out = []
+    for block in page.get_text("dict")["blocks"]:
+        for line in block.get("lines", ()):
+            text = "".join(span["text"] for span in line["spans"]).strip()
+            if text:
+                x0, y0, x1, y1 = line["bbox"]
+                out.append(Segment(x0 * scale, y0 * scale, x1 * scale, y1 * scale, text))
+    return out
+
+
+def ocr_pdf_page(page, reader: PageReader) -> str:
+    """A scanned page's text: its own text layer where there is one, OCR for the rest."""
+    bgr = render_page(page)
+    scale = bgr.shape[1] / page.rect.width
+    return reader.text(bgr, text_layer_segments(page, scale))
+
+
+# ---------------------------------------------------------------------------------------------- image files
+class ImageFile:
+    """An image file's pages (a TIFF may hold several) as BGR arrays, decoded one at a time and each shrunk to
+    at most MAX_OCR_PIXELS. Sizes are checked from the header, before any pixel is decoded; whatever cannot be
+    read raises ``OcrError`` with the reason.
+
+    ``with ImageFile(path, limits) as image: for page in image: ...``; ``len(image)`` is its page count."""
+
+    def __init__(self, path: Path, limits: LimitSettings):
+        from PIL import Image, UnidentifiedImageError
+
+        self.path, self.limits = Path(path), limits
+        self.format = IMAGE_SUFFIXES[self.path.suffix.lower()]
+        try:
+            with warnings.catch_warnings():  # Pillow warns from 89 megapixels on; our own limit is checked below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                self.image = Image.open(self.path)
+        except UnidentifiedImageError:
+            raise OcrError(f"not a {self.format} image, or a damaged one: its content cannot be identified") from None
+        except Image.DecompressionBombError as exc:  # Pillow's own ceiling, above ours unless it was raised
+            raise OcrError(f"{exc} (setting limits.max_image_megapixels cannot go past it)") from None
+        except OSError as exc:
+            raise OcrError(f"cannot read the image: {exc}") from None
+        try:
+            self.frames = getattr(self.image, "n_frames", 1)
+        except (OSError, ValueError, EOFError) as exc:
+            self.image.close()
+            raise OcrError(f"damaged {self.format} image: its pages cannot be counted ({exc})") from None
+        if self.frames > limits.max_pages:
+            self.image.close()
+            raise OcrError(f"{self.frames:,} pages, over the limit of {limits.max_pages:,} (setting limits.max_pages)")
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __enter__(self) -> "ImageFile":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.image.close()
+
+    def __iter__(self):
+        from PIL import Image
+
+        for index in range(self.frames):
+            where = f"page {index + 1}" if self.frames > 1 else "the image"
+            try:
+                self.image.seek(index)
+                yield _decode(self.image, self.limits, where)
+            except Image.DecompressionBombError as exc:
+                raise OcrError(f"{where}: {exc}") from None
+            except (OSError, ValueError, SyntaxError, EOFError) as exc:  # what Pillow raises for damaged data
+                raise OcrError(f"damaged {self.format} image: {where} cannot be decoded ({exc}); the file is "
+                               f"truncated or corrupt") from None
+
+
+def _decode(image, limits: LimitSettings, where: str) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    width, height = image.size
+    megapixels = width * height / 1e6
+    if megapixels > limits.max_image_megapixels:
+        raise OcrError(f"{where} is {width:,} x {height:,} pixels ({megapixels:,.0f} megapixels), over the limit "
+                       f"of {limits.max_image_megapixels:,} (setting limits.max_image_megapixels): scan at a lower "
+                       f"resolution, or raise the limit")
+    if width * height > MAX_OCR_PIXELS:
+        # A JPEG decodes at 1/2, 1/4 or 1/8 of its size directly, in that much less memory and time.
+        shrink = (MAX_OCR_PIXELS / (width * height)) ** 0.5
+        image.draft("RGB", (int(width * shrink), int(height * shrink)))
+    image.load()
+    image = ImageOps.exif_transpose(image)  # a photo stored sideways, with the turn noted in its EXIF
+    # To 8-bit grey or RGB before shrinking, and to RGB only after: a big grey scan is never held as RGB.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greys: to 8 bits, not clipped to white
+        image = image.convert("I").point(lambda v: v / 256).convert("L")
+    elif "A" in image.getbands() or "transparency" in image.info:  # transparent means white, as viewers show it
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    elif image.mode not in ("L", "RGB"):  # 1-bit fax scans, palettes, CMYK
+        image = image.convert("L" if image.mode == "1" else "RGB")
+    if image.width * image.height > MAX_OCR_PIXELS:
+        shrink = (MAX_OCR_PIXELS / (image.width * image.height)) ** 0.5
+        size = (max(1, int(image.width * shrink)), max(1, int(image.height * shrink)))
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
+
+
+__all__ = ["IMAGE_SUFFIXES", "RENDER_DPI", "MAX_OCR_PIXELS", "LOW_CONFIDENCE_MARK", "MIN_CONFIDENCE", "OcrError",
+           "OcrProgress", "PageReader", "Segment", "ImageFile", "lines_text", "needs_ocr", "ocr_pdf_page",
+           "reading_order", "recognise", "render_page"]
