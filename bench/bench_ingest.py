@@ -1,10 +1,12 @@
 """Ingest benchmark: a first ingest of a folder into a fresh knowledge base, then an unchanged re-ingest.
 
-    .venv/bin/python bench/bench_ingest.py [DOCS] [--config FILE] [--runs N]
+    .venv/bin/python bench/bench_ingest.py [DOCS] [--config FILE] [--runs N] [--kb KB_DIR]
 
 DOCS defaults to ../shared/eval/docs. Prints pages/s, chunks/s and characters/s for both runs and the time
-of each stage (scan = walk + hash, parse, clean, split, tokens = BM25 tokens, model = loading the embedder
-(0 here: it is loaded before the runs), embed, store). Text work
+of each stage (scan = walk + hash, parse, ocr = rendering and reading scanned pages, clean, split, tokens =
+BM25 tokens, model = loading the embedder (0 here: it is loaded before the runs), embed, store), then the
+pages OCR'd, OCR pages/s and OCR's share of the first ingest (for a folder of scans:
+``python bench/bench_ocr.py --scans DIR`` writes one). Text work
 runs in a helper thread beside embedding, so stage times can add up to more than the wall-clock seconds;
 "non-emb" is the share of wall-clock time not spent embedding. Loading the embedding model is timed on its
 own and is not part of either run. Goals on a 2-core CPU:
@@ -40,6 +42,8 @@ def main() -> int:
     ap.add_argument("docs", nargs="?", type=Path, default=REPO.parent / "shared" / "eval" / "docs")
     ap.add_argument("--config", type=Path)
     ap.add_argument("--runs", type=int, default=1, help="re-ingest runs to time (best is shown too)")
+    ap.add_argument("--kb", type=Path, help="build the knowledge base here and keep it (a new folder; default: a "
+                                            "temporary one)")
     args = ap.parse_args()
     settings = load_settings(args.config)
 
@@ -52,7 +56,7 @@ def main() -> int:
     embedder.embed_passages(["预热"])  # first call allocates; not part of the ingest
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        kb = Path(tmp) / "kb"
+        kb = args.kb or Path(tmp) / "kb"
         first = ingest_folder(args.docs, settings, kb_path=kb)
         again = [ingest_folder(args.docs, settings, kb_path=kb) for _ in range(max(1, args.runs))]
     header = (f"{'run':<10} {'new':>5} {'skip':>5} {'pages':>5} {'chunks':>6} {'embed':>6} {'seconds':>8} "
@@ -71,6 +75,10 @@ def main() -> int:
     print(f"unchanged re-ingest {best.seconds:.3f} s = {best.pages / best.seconds:.0f} pages/s (goal >= 500), "
           f"{first.seconds / best.seconds:.0f}x faster than the first ingest; chunks embedded: "
           f"{sum(r.chunks_embedded for r in again)}")
+    ocr_s = first.stage_seconds["ocr"]
+    print(f"OCR: {first.ocr_pages} pages read in {ocr_s:.1f} s = {first.ocr_pages / max(ocr_s, 1e-9):.2f} pages/s, "
+          f"{100 * ocr_s / first.seconds:.1f} % of the first ingest; re-ingest pages OCR'd: "
+          f"{sum(r.ocr_pages for r in again)}")
     for failure in first.failures:
         print(f"FAILED {failure.source}: {failure.reason}")
     return 0

@@ -1,16 +1,18 @@
-"""A bounded-time fuzz pass over the parsers: random and mutated PDFs, Markdown, HTML and text in mixed
-encodings go through parse -> clean -> split. Each input must either come out as chunks or raise ParseError
+"""A bounded-time fuzz pass over the parsers: random and mutated PDFs, Word, Excel and PowerPoint files (their
+zip bytes, or the XML inside them), Markdown, HTML and text in mixed encodings go through parse -> clean -> split. Each input must either come out as chunks or raise ParseError
 (whose reason names the problem), and none may take long. The generator is seeded, so a failure prints what
 reproduces it; every crash or hang found this way is kept as a regression case at the bottom of this file.
 
-KBCHAT_FUZZ_SECONDS sets the time spent per format (default 6; four formats)."""
+KBCHAT_FUZZ_SECONDS sets the time spent per format (default 6; half that for each Office format)."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from kbcore.config import LimitSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hostile import text_pdf  # noqa: E402  (beside this file)
+from test_office import small_office, zip_of  # noqa: E402
 
 SECONDS = float(os.environ.get("KBCHAT_FUZZ_SECONDS", "6"))
 PER_INPUT_SECONDS = 3.0  # generous: a real hang is minutes, a normal input milliseconds
@@ -117,6 +120,18 @@ def _pdf_seeds(folder: Path) -> list[bytes]:
     return [plain, (folder / "seed2.pdf").read_bytes()]
 
 
+def _mutate_office(rng: random.Random, data: bytes) -> bytes:
+    """The zip's bytes mutated (container checks), or one XML part's text mutated and zipped again (the XML
+    readers behind them)."""
+    if rng.random() < 0.4:
+        return _mutate_bytes(rng, data)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = {m: archive.read(m) for m in archive.namelist()}
+    name = rng.choice(sorted(m for m in members if m.endswith(".xml")))
+    members[name] = _mutate_text(rng, members[name].decode("utf-8"), "html").encode("utf-8", "surrogatepass")
+    return zip_of(members)
+
+
 def _check(path: Path) -> str:
     """'ok' or 'refused'; any other exception, or a slow input, fails the test."""
     started = time.perf_counter()
@@ -132,15 +147,19 @@ def _check(path: Path) -> str:
     return outcome
 
 
-@pytest.mark.parametrize("kind", ["pdf", "md", "html", "txt"])
+@pytest.mark.parametrize("kind", ["pdf", "md", "html", "txt", "docx", "xlsx", "pptx"])
 def test_fuzz_parsers(kind, tmp_path):
     rng = random.Random(f"kbchat-fuzz-{kind}")
-    seeds = _pdf_seeds(tmp_path) if kind == "pdf" else []
+    office = kind in ("docx", "xlsx", "pptx")
+    seeds = _pdf_seeds(tmp_path) if kind == "pdf" else [small_office(kind)] if office else []
     path = tmp_path / f"input.{kind}"
-    tried, outcomes, deadline = 0, {"ok": 0, "refused": 0}, time.perf_counter() + SECONDS
+    tried, outcomes = 0, {"ok": 0, "refused": 0}
+    deadline = time.perf_counter() + (SECONDS / 2 if office else SECONDS)
     while time.perf_counter() < deadline:
         if kind == "pdf":
             data = _mutate_bytes(rng, rng.choice(seeds)) if rng.random() < 0.9 else rng.randbytes(rng.randint(0, 4000))
+        elif office:
+            data = _mutate_office(rng, seeds[0])
         else:
             text = _mutate_text(rng, _text_seed(rng, kind), kind)
             data = _encode(rng, text)

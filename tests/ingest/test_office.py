@@ -322,3 +322,84 @@ def test_folder_ingests_good_office_files_and_keeps_the_stored_version_of_a_bad_
         assert [c.text for c in kb.chunks("办法.docx")] == [texts[0]]
     finally:
         kb.close()
+
+
+# ---------------------------------------------------------------------------------------------- damage, per kind
+def small_office(kind: str) -> bytes:
+    """A real small file of each kind, with a few lines of text."""
+    out = io.BytesIO()
+    if kind == "docx":
+        return small_docx("第一条 为了规范政府采购行为，制定本法。")
+    if kind == "xlsx":
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        for row in (["条目", "内容"], ["第一条", "为了规范政府采购行为，制定本法。"], ["第二条", "本法适用于政府采购。"]):
+            book.active.append(row)
+        book.save(out)
+    else:
+        import pptx
+
+        deck = pptx.Presentation()
+        slide = deck.slides.add_slide(deck.slide_layouts[1])
+        slide.shapes.title.text = "政府采购法"
+        slide.placeholders[1].text = "第一条 为了规范政府采购行为，制定本法。"
+        deck.save(out)
+    return out.getvalue()
+
+
+def flipped(data: bytes) -> bytes:
+    """Bytes flipped inside the compressed data of the biggest member: the zip opens, that member fails."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        biggest = max(archive.infolist(), key=lambda m: m.compress_size)
+    start = biggest.header_offset + 30 + len(biggest.filename.encode()) + len(biggest.extra)
+    middle = start + biggest.compress_size // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 16]) + data[middle + 16:]
+
+
+def lying_sizes(data: bytes) -> bytes:
+    """Every member's declared unpacked size set to 1 byte, so a size check alone would pass any bomb."""
+    import struct
+
+    out = bytearray(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+    for m in members:
+        struct.pack_into("<I", out, m.header_offset + 22, 1)  # local header: uncompressed size
+    at = 0
+    while (at := out.find(b"PK\x01\x02", at)) >= 0:  # central directory entries
+        struct.pack_into("<I", out, at + 24, 1)
+        at += 4
+    return bytes(out)
+
+
+def bomb(kind: str) -> bytes:
+    """The real file with its main part padded by 30 MB of spaces (about 30 KB deflated)."""
+    main = {"docx": "word/document.xml", "xlsx": "xl/worksheets/sheet1.xml", "pptx": "ppt/slides/slide1.xml"}[kind]
+    with zipfile.ZipFile(io.BytesIO(small_office(kind))) as archive:
+        members = {m: archive.read(m) for m in archive.namelist()}
+    members[main] += b" " * (30 * 2**20)  # whitespace after the root element is still well-formed XML
+    return zip_of(members)
+
+
+DAMAGE = {  # (make, words the reason must hold)
+    "truncated": (lambda kind: small_office(kind)[:len(small_office(kind)) // 2], "truncated or corrupt zip container"),
+    "flipped": (lambda kind: flipped(small_office(kind)), "damaged or not a"),
+    "lying-sizes": (lambda kind: lying_sizes(small_office(kind)), "damaged or not a"),
+    "bomb": (bomb, "over the limit of 1 MB (setting limits.max_file_mb)"),
+}
+
+
+@pytest.mark.parametrize("kind", ["docx", "xlsx", "pptx"])
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_each_kind_damaged_each_way_fails_quickly_with_its_reason(tmp_path, kind, damage):
+    make, words = DAMAGE[damage]
+    path = tmp_path / f"坏的.{kind}"
+    path.write_bytes(make(kind))
+    (tmp_path / f"好的.{kind}").write_bytes(small_office(kind))
+    assert parse_file(tmp_path / f"好的.{kind}", LimitSettings(**LIMITS)).pages  # undamaged, it reads
+    started = time.perf_counter()
+    with pytest.raises(ParseError) as info:
+        parse_file(path, LimitSettings(**LIMITS))
+    assert time.perf_counter() - started < 5
+    assert str(info.value).startswith(path.name + ": ") and words in info.value.reason, info.value.reason
