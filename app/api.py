@@ -478,6 +478,9 @@ class AnswerStreamResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            # Cut off while sending a chunk, the stream was left at a yield rather than cancelled inside: close it
+            # now so its generation stops, instead of whenever the garbage collector finalises it.
+            await self.body_iterator.aclose()
             self.ticket.cancel()
 
 
