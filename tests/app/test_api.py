@@ -174,6 +174,21 @@ def test_models_chat_and_embeddings_through_the_openai_client(api):
     assert np.allclose(floats, want[1], atol=1e-5)
 
 
+def test_adapters_trained_on_the_model_are_models_of_each_knowledge_base(api, tiny_model_dir):
+    import shutil
+
+    url, settings = api
+    for name, base in (("mine", str(tiny_model_dir)), ("foreign", "f" * 64)):
+        (settings.adapters_dir / name).mkdir(parents=True)
+        (settings.adapters_dir / name / "kbchat_adapter.json").write_text(json.dumps({"base_model_sha256": base}))
+    try:
+        assert [m.id for m in client(url).models.list().data] == ["docs", "docs:mine", "empty", "empty:mine"]
+        with pytest.raises(openai.NotFoundError, match="no adapter 'foreign'"):
+            client(url).chat.completions.create(model="docs:foreign", messages=[{"role": "user", "content": "x"}])
+    finally:
+        shutil.rmtree(settings.adapters_dir)
+
+
 def test_managing_knowledge_bases_over_http(api, eval_dir):
     url, settings = api
     with http(url) as h:
