@@ -156,7 +156,7 @@ def test_reading_order_columns_spanning_lines_and_table_rows():
     # A table of short cells is read row by row, not column by column.
     table = []
     for i in range(6):
-        table += row(30 * i, (100, 200, f"名称{i}"), (400, 470, f"{i}元"), (700, 760, f"第{i}项"))
+        table += row(30 * i, (100, 260, f"名称{i}"), (400, 470, f"{i}元"), (700, 800, f"第{i}项"))
     assert [" ".join(s.text for s in line) for line in reading_order(table[::-1])] == \
         [f"名称{i} {i}元 第{i}项" for i in range(6)]
 
