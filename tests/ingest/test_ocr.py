@@ -393,7 +393,8 @@ def test_folder_with_scans_and_bad_images_ingests_the_good_ones_and_redoes_no_oc
     assert not resplit.failures and resplit.count("updated") == 2
     assert (resplit.ocr_pages, resplit.ocr_pages_cached) == (0, 2)
 
-    # --no-ocr: the scan fails saying why, the image is skipped, and the stored versions stay.
+    # --no-ocr: a new scan fails saying why, a new image is skipped, and the stored versions stay.
+    page_image(eval_dir / "docs" / LAW, 5, clip=(0.1, 0.2)).save(docs / "新图.png")
     (docs / "新扫描.pdf").write_bytes(scanned_pdf(eval_dir / "docs" / "zfcg-xinxi-fabu-guanli-banfa.pdf",
                                                  tmp_path / "x.pdf", pages=[1, 2]).read_bytes())
     import os
@@ -407,4 +408,4 @@ def test_folder_with_scans_and_bad_images_ingests_the_good_ones_and_redoes_no_oc
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert [f["source"] for f in summary["failures"]] == ["新扫描.pdf"]
     assert "OCR is off" in summary["failures"][0]["reason"]
-    assert summary["files_skipped"] == 2 and summary["ocr_pages"] == 0
+    assert summary["files_skipped"] == 3 and summary["ocr_pages"] == 0
