@@ -409,3 +409,14 @@ def test_folder_with_scans_and_bad_images_ingests_the_good_ones_and_redoes_no_oc
     assert [f["source"] for f in summary["failures"]] == ["新扫描.pdf"]
     assert "OCR is off" in summary["failures"][0]["reason"]
     assert summary["files_skipped"] == 3 and summary["ocr_pages"] == 0
+
+
+def test_ocr_settings_from_file_and_environment(tmp_path):
+    from kbcore.config import load_settings
+
+    assert load_settings(env={}, use_default_file=False).ingest.ocr is True  # on by default
+    (tmp_path / "kbchat.toml").write_text('[ingest]\nocr = false\nocr_language = "ch"\n', encoding="utf-8")
+    assert load_settings(tmp_path / "kbchat.toml", env={}).ingest.ocr is False
+    assert load_settings(env={"KBCHAT_INGEST__OCR": "false"}, use_default_file=False).ingest.ocr is False
+    with pytest.raises(ValueError, match="ocr_language"):
+        load_settings(env={"KBCHAT_INGEST__OCR_LANGUAGE": "fr"}, use_default_file=False)
