@@ -292,8 +292,10 @@ class Server:
         self.settings = settings
         self.queue = FairQueue(settings.api.max_queued)
         self.jobs = service.IngestJobs(settings.api.max_ingest_jobs)
-        # Generations run here (one at a time, by the queue); a stopped one may linger a token's time.
-        self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbchat-answer")
+        # Answers are prepared (retrieval: FAISS, BM25) and streamed on this one thread, as a script would on its
+        # main thread: every thread that runs OpenMP work gets a pool of its own (kbcore.compute). The queue lets
+        # one in at a time; a stopped one may hold it a token's time longer.
+        self.workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbchat-answer")
         self.counts = {"served": 0, "cancelled": 0, "failed": 0}
         self.model_error: str | None = None
         self.loading = False

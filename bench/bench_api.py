@@ -4,10 +4,10 @@
 
 Builds a knowledge base from samples/ (or uses --kb), asks questions of ../shared/eval/qa/regulations.jsonl whose
 documents it holds, first in this process through ``app.service.answerer`` (the in-process ``Answerer``, one at a
-time: the baseline), then through ``python -m app.api`` in a subprocess with the official ``openai`` client,
-``--requests`` questions per level spread over the clients. TTFT is the first content piece; total is the whole
-answer (the stream's end); tokens/s is all completion tokens of a level over its wall time. Errors count refused
-(4xx), failed (5xx) and lost (no answer, no error) requests. Prints a table and, last, one JSON line.
+time: the baseline, run again at the end), then through ``python -m app.api`` in a subprocess with the official
+``openai`` client, ``--requests`` questions per level spread over the clients. TTFT is the first content piece;
+total is the whole answer (the stream's end); tokens/s is all completion tokens of a level over its wall time.
+Errors count refused (4xx), failed (5xx) and lost (no answer, no error) requests. Prints a table and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -195,6 +195,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
+    # Again after the server: a shared machine drifts, and the two baselines show how far during this run.
+    rows.append({**baseline(settings, kb_root / kb, asked), "run": "in-process, again"})
 
     print(f"CPU: {cpu_flags()}; model {settings.llm.model} ({settings.llm.quantization}), max_tokens "
           f"{args.max_tokens}, {args.requests} questions per level")
