@@ -336,8 +336,8 @@ class Server:
         from kbcore.store import KnowledgeBase
 
         if not KnowledgeBase.exists(path):
-            raise ApiError(409, f"knowledge base {kb!r} has no documents yet: upload some with POST /kbs/{kb}/documents",
-                           param="model", code="kb_empty")
+            raise ApiError(409, f"knowledge base {kb!r} has no documents yet: upload some with "
+                                f"POST /kbs/{kb}/documents", param="model", code="kb_empty")
         return kb, path, settings
 
     def preload(self) -> None:

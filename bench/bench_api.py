@@ -7,7 +7,8 @@ documents it holds, first in this process through ``app.service.answerer`` (the 
 time: the baseline, run again at the end), then through ``python -m app.api`` in a subprocess with the official
 ``openai`` client, ``--requests`` questions per level spread over the clients. TTFT is the first content piece;
 total is the whole answer (the stream's end); tokens/s is all completion tokens of a level over its wall time.
-Errors count refused (4xx), failed (5xx) and lost (no answer, no error) requests. Prints a table and, last, one JSON line.
+Errors count refused (4xx), failed (5xx) and lost (no answer, no error) requests. Prints a table and, last, one
+JSON line.
 """
 
 from __future__ import annotations

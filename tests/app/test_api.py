@@ -417,8 +417,9 @@ def test_the_command_serves_and_refuses_open_addresses_without_keys(api_root, ti
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "api.api_keys" in refused.stderr
 
+    heavy = "{'torch', 'transformers', 'retrieval', 'engine.models'}"
     light = subprocess.run([sys.executable, "-c", "import sys, app.api; app.api.create_app(); "
-                            "print(sorted({'torch', 'transformers', 'retrieval', 'engine.models'} & set(sys.modules)))"],
+                            f"print(sorted({heavy} & set(sys.modules)))"],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert light.stdout.strip() == "[]", light.stderr  # nothing heavy at import or app creation
 
