@@ -2,8 +2,9 @@
 
 Why a relevance threshold rather than trusting the model: both small Qwen models make up answers when the
 context holds none, and a prompt strict enough to stop that makes them refuse everything. So the decision is
-taken before generation: on the best hit's dense cosine (``settings.llm.min_relevance``), and on the names the
-question asks about (a program, a standard, a year, a city) that no document mentions.
+taken before generation: on the best hit's dense cosine (``settings.llm.min_relevance``), on the names the
+question asks about (a program, a standard, a year, a city) that no document mentions, and on the titles it
+names in 《》 or the numbers it writes in digits that no retrieved passage holds.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from engine.generate import generate, stream_from_compute_thread
 from engine.models import LoadedModel, load_model
 from kbcore.config import LLMSettings, Settings
 from kbcore.types import Answer, Hit
-from llm.checks import degenerate_reason, trim_loop
+from llm.checks import asked_quantity, degenerate_reason, states_quantity, trim_loop
 from llm.citations import attribute
-from llm.passages import asked_names, quote, select_passages
+from llm.passages import asked_names, missing_numbers, missing_titles, quote, select_passages
 from llm.prompts import NOT_FOUND, QUOTED, UNMENTIONED, build_messages, language_of, render_prompt
 
 # Signs that a question leans on the previous turn: "and what about", pronouns, "this/that article", a trailing 呢.
@@ -87,10 +88,14 @@ class Answerer:
         if best is None or best < cfg.min_relevance:
             return Prepared(question, query, hits, [], None)
         mentions = getattr(self.retriever, "mentions", None)
-        unmentioned = tuple(n for n in asked_names(query) if mentions and not mentions(n))
-        if unmentioned:
+        passages = select_passages(query, hits, cfg.max_passages)
+        # Titles and numbers are looked for in what was retrieved, so the reply names only those the whole
+        # knowledge base lacks too; the others may be a retrieval miss.
+        missing = missing_titles(query, hits) + missing_numbers(query, passages)
+        unmentioned = tuple(n for n in asked_names(query) + missing if mentions and not mentions(n))
+        if unmentioned or missing:
             return Prepared(question, query, hits, [], None, unmentioned)
-        passages, prompt = self.fit_prompt(question, select_passages(query, hits, cfg.max_passages), history)
+        passages, prompt = self.fit_prompt(question, passages, history)
         return Prepared(question, query, hits, passages, prompt)
 
     def fit_prompt(self, question: str, passages: list[Hit], history: Sequence[dict] | None
@@ -146,6 +151,9 @@ class Answerer:
         passages, question = prepared.passages, prepared.question
         sources = [h.source for h in passages]
         degenerate = degenerate_reason(text, question, sources)
+        if degenerate is None and (wants := asked_quantity(question)) and not states_quantity(text, wants):
+            # Asked "how many days", it gave no number of days: it answered another question.
+            degenerate = "no_quantity"
         if degenerate is None:
             found = attribute(text, passages, question)
             if found.citations and not found.numbers:

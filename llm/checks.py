@@ -25,7 +25,7 @@ _DIGIT = {c: v for c, v in NUMERAL_VALUES.items() if v < 10}
 _UNIT = {c: v for c, v in NUMERAL_VALUES.items() if v >= 10}
 _BIG = {"万": 10_000, "亿": 100_000_000}
 # A run of Chinese numerals: either a positional number (三千五百, 二十二, 十) or a digit-by-digit year (二〇二三).
-_NUMERAL_RUN = re.compile(f"[{NUMERALS}万亿]+")
+_NUMERAL_RUN = re.compile(rf"(\d+(?:\.\d+)?)?([{NUMERALS}万亿]+)")
 _PERCENT = re.compile(rf"([百千])分之([{NUMERALS}]+|\d+(?:\.\d+)?)")
 _DAYS = re.compile(r"(\d)天")
 
@@ -58,8 +58,18 @@ def _numeral_value(run: str) -> int | None:
 
 def _numerals_to_digits(text: str) -> str:
     def replace(match: re.Match) -> str:
-        value = _numeral_value(match.group())
-        return match.group() if value is None else str(value)
+        digits, run = match.group(1), match.group(2)
+        if set(run) <= set(_BIG):  # "200万" / "1.5亿": digits times the unit, or a lone 万 left as it is
+            if not digits:
+                return run
+            value = float(digits)
+            for c in run:
+                value *= _BIG[c]
+            return str(int(value)) if value == int(value) else match.group()
+        lead = "" if digits else run[:len(run) - len(run.lstrip("万亿"))]  # "万一" is no number of ten thousands
+        run = run[len(lead):]
+        value = _numeral_value(run)
+        return (digits or lead) + (run if value is None else str(value))
 
     text = _PERCENT.sub(lambda m: _NUMERAL_RUN.sub(replace, m.group(2)) + ("%" if m.group(1) == "百" else "‰"), text)
     return _DAYS.sub(r"\1日", _NUMERAL_RUN.sub(replace, text))
@@ -70,6 +80,8 @@ def fold(text: str) -> str:
 
     >>> fold("十日内"), fold("两个月"), fold("一万二千元"), fold("统一"), fold("千分之五"), fold("20天")
     ('10日内', '2个月', '12000元', '统1', '5‰', '20日')
+    >>> fold("二百万元"), fold("200万元"), fold("1.5万元"), fold("万一")
+    ('2000000元', '2000000元', '15000元', '万1')
     """
     return _numerals_to_digits(_SPACE.sub("", unicodedata.normalize("NFKC", text).lower()))
 
@@ -151,6 +163,78 @@ def degenerate_reason(text: str, question: str, sources: Sequence[str] = ()) -> 
     if is_loop(text):
         return "loop"
     return None
+
+
+# ------------------------------------------------------------------ the quantity asked
+# What a question asks for when it asks for a quantity, and what a sentence must state to give it: "多少投诉费"
+# wants money, and a sentence giving "十五个工作日" answers something else. The first pattern that matches decides.
+_ASKED_KINDS = (
+    ("date", r"哪一?天|哪一?年|何时|什么时候|(?:施行|生效|实施)?日期|when\b"),
+    # "合同金额的多少" asks for a share of it.
+    ("percent", r"百分之几|比例|比重|费率|多少\s*[%％]|的多少|what percentage"),
+    ("money", r"多少(?:万|亿)?元|多少钱|罚款|[费价]用?[是为]?多少|多少[^，。？?]{0,3}费|多少金额|金额[^，。？?]{0,3}多少|"
+              r"预算多少|how much"),
+    ("people", r"多少(?:个)?人|几(?:个)?人|[几多少]+名|人数"),
+    ("size", r"多少\s*(?:[KMGT]B|[KMGT]iB|兆|字节)"),
+    ("time", r"多少(?:个)?(?:工作日|天|日|月|年|小时|分钟|周)|几(?:个)?(?:工作日|天|日|月|年|小时|周)|多久|多长时间|多长|期限|"
+             r"多大年龄|how long"),
+    ("count", r"(?<![哪好])几|多少|多大|how many"),
+)
+_ASKED = [(kind, re.compile(pattern, re.IGNORECASE)) for kind, pattern in _ASKED_KINDS]
+# The units that give each kind, after ``fold`` (Chinese numerals as digits, 天 as 日).
+_UNITS_OF = {
+    # An event can be the date: "自印发之日起", "届满之日", "截止时间10日前".
+    "date": r"\d{4}年|\d{1,2}月\d{1,2}日|之日|\d+(?:个)?(?:工作)?日[前内后]",
+    "percent": r"\d+(?:\.\d+)?[%‰]|\d成|\d分之\d",
+    "money": r"\d+(?:\.\d+)?(?:万|亿)?元",
+    "people": r"\d+(?:个)?[人名]",
+    "size": r"\d+(?:\.\d+)?(?:[kmgt]i?b|兆|字节)",
+    "time": r"\d+(?:\.\d+)?(?:个)?(?:工作日|日|月|年|小时|分钟|周|星期|岁)",
+}
+# Any quantity: a number with a unit or measure word, or written in Arabic digits. A bare Chinese numeral is
+# usually a word ("一开始", "统一"), and a leading "2.6." numbers a section.
+_ANY_UNIT = (r"\d+(?:\.\d+)?(?:%|‰|个|工作日|日|月|年|元|万|亿|人|名|项|次|倍|家|岁|种|条|位|份|字|小时|分钟|周|"
+             r"[kmgt]i?b)")
+_SECTION_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)+\.?")
+# "一个其他的发行版", "一种方法": 一 before a measure word is mostly "a", not a count.
+_ARTICLE_ONE = re.compile(rf"(?<![{NUMERALS}\d])一(?=[个种项次位份条家些])")
+# "第二十二条" numbers an article; it answers no "how many".
+_ORDINAL = re.compile(rf"第[{NUMERALS}\d]+[编章节条款项]")
+
+
+def asked_quantity(question: str) -> str | None:
+    """The kind of quantity a question asks for ("date", "percent", "money", "people", "size", "time", or
+    "count" for any number), or None when it asks for none.
+
+    >>> [asked_quantity(q) for q in ("投诉需要交多少投诉费？", "最长可以暂停多久？", "淘汰比例不得低于多少？",
+    ...                              "哪几类项目必须招标？", "法律从哪一天起施行？", "至少要几人？", "最少要多少天？")]
+    ['money', 'time', 'percent', None, 'date', 'people', 'time']
+    """
+    for kind, pattern in _ASKED:
+        if pattern.search(question):
+            return kind
+    return None
+
+
+def states_quantity(sentence: str, kind: str) -> bool:
+    """Whether ``sentence`` states a quantity of ``kind`` (``asked_quantity``); article numbers and citation
+    markers do not count.
+
+    >>> states_quantity("可以在答复期满后十五个工作日内投诉。", "money"), states_quantity("罚款二万元。", "money")
+    (False, True)
+    >>> states_quantity("您最好从一开始就安装 Debian。", "count"), states_quantity("Linux 有 7 个运行级别。", "count")
+    (False, True)
+    >>> states_quantity("2.6. 我可以从网站安装 Debian 吗？", "count"), states_quantity("见第二十条[1]。", "count")
+    (False, False)
+    >>> states_quantity("用户运行一个其他的发行版。", "count"), states_quantity("至少十一个候选人。", "count")
+    (False, True)
+    """
+    raw = _SECTION_NUMBER.sub("", _ORDINAL.sub("", _MARKERS.sub("", sentence)))
+    raw = _ARTICLE_ONE.sub("", raw)
+    folded = fold(raw)
+    if kind in _UNITS_OF:
+        return bool(re.search(_UNITS_OF[kind], folded))
+    return bool(re.search(_ANY_UNIT, folded) or re.search(r"[0-9０-９]", raw))
 
 
 # ------------------------------------------------------------------ grounding

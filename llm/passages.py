@@ -18,11 +18,12 @@ shown together in reading order.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Sequence
 
-from kbcore.text import NUMERALS, document_opening, tagged_words
+from kbcore.text import document_opening, tagged_words
 from kbcore.types import Hit
-from llm.checks import bigrams, content_of, numbers_in
+from llm.checks import asked_quantity, bigrams, content_of, fold, states_quantity
 from llm.prompts import language_of
 
 # Characters of a document's head that hold its identity block (kbcore.config.ChunkSettings.opening_chars).
@@ -83,19 +84,16 @@ def select_passages(question: str, hits: Sequence[Hit], limit: int) -> list[Hit]
     return sorted(passages, key=lambda h: (order.index(h.source), h.chunk.ordinal))
 
 
-_QUANTITY = re.compile(r"多少|几|多久|多长|多大|比例|期限|金额|哪[一]?天|何时|什么时候|日期|how (?:many|much|long)|when",
-                       re.IGNORECASE)
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]?")
-# "第二十二条" numbers an article; it answers no "how many".
-_ORDINAL = re.compile(rf"第[{NUMERALS}\d]+[编章节条款项]")
 
 
 def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share: float = 0.25
           ) -> tuple[int, str] | None:
     """The passage sentence that shares most with the question, as (0-based passage, sentence): what the
     answer stage shows, quoted, when the model's own answer is unusable. None when even that sentence holds
-    under ``min_share`` of the question's words, or no number where the question asks for one: it would answer
-    something else, and "not found" is the honest reply.
+    under ``min_share`` of the question's words, no quantity of the kind the question asks for, or the passages
+    lack a noun the question names (``unread_terms``): it would answer something else, and "not found" is the
+    honest reply.
 
     >>> from kbcore.types import Chunk, Hit
     >>> law = [Hit(Chunk(1, 1, "fa.pdf", 1, 3, 3, "法", "第四十六条 招标人应当在三十日内订立书面合同。"), 1.0)]
@@ -108,7 +106,7 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share:
     # The parties or case number the question names are in every sentence of the right document's head:
     # what is asked about is the rest.
     asked -= set().union(*(bigrams(content_of(identity(h))) for h in passages))
-    wants_number = bool(_QUANTITY.search(question))
+    wants = asked_quantity(question)
     best, best_score, best_shared = None, 0, 0
     for i, hit in enumerate(passages):
         for sentence in _SENTENCE.findall(hit.text):
@@ -116,17 +114,79 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share:
                 continue
             shared = len(asked & bigrams(content_of(sentence)))
             score = shared
-            if score and wants_number and _states_number(sentence):
+            if score and wants and states_quantity(sentence, wants):
                 score += 2  # the question asks for an amount, a count or a time, and this sentence gives one
             if score > best_score:
                 best, best_score, best_shared = (i, sentence.strip()[:longest]), score, shared
-    if best is None or best_shared < min_share * len(asked) or (wants_number and not _states_number(best[1])):
+    if best is None or best_shared < min_share * len(asked) or (wants and not states_quantity(best[1], wants)):
         return None
+    if unread_terms(question, passages):
+        return None  # the passages are about something near, not the thing asked (质保金 beside 履约保证金)
     return best
 
 
-def _states_number(sentence: str) -> bool:
-    return bool(numbers_in(_ORDINAL.sub("", sentence)))
+# Question words jieba tags as nouns ("多长时间", "哪些项目"): what is asked, not what it is about.
+_ASKING = re.compile(r"多|几|哪|什么|怎")
+
+
+def unread_terms(question: str, passages: Sequence[Hit]) -> list[str]:
+    """The nouns of three or more characters the question names that none of the passages holds.
+
+    Too often a plain-spoken word ("签合同", "局域网") to refuse a question on its own, it tells when a quote
+    would answer a neighbouring question.
+
+    >>> from kbcore.types import Chunk, Hit
+    >>> law = [Hit(Chunk(1, 1, "fa.pdf", 1, 3, 3, "法", "履约保证金的数额不得超过政府采购合同金额的10%。"), 1.0)]
+    >>> unread_terms("政府采购工程的质保金最多能预留合同金额的百分之几？", law)
+    ['质保金']
+    """
+    seen = "\n".join(fold(f"{h.heading}\n{h.text}") for h in passages)
+    return [w for w, flag in tagged_words(question)
+            if flag[:1] == "n" or flag == "vn"
+            if len(w) >= 3 and not _ASKING.search(w) and fold(w) not in seen]
+
+
+_TITLE = re.compile(r"《([^》]{2,40})》")
+
+
+def missing_titles(question: str, hits: Sequence[Hit], min_share: float = 0.8) -> list[str]:
+    """The titles the question names in 《》 that no retrieved passage comes from or quotes: a question about
+    another law than the knowledge base holds. A title counts as found in a passage's text, or in a heading
+    that holds ``min_share`` of its character pairs ("政府采购实施条例" for "政府采购法实施条例").
+
+    >>> from kbcore.types import Chunk, Hit
+    >>> law = [Hit(Chunk(1, 1, "fa.pdf", 1, 3, 3, "中华人民共和国政府采购法实施条例 > 第六章 质疑与投诉", "第五十五条 ……"), 1.0)]
+    >>> missing_titles("《政府采购实施条例》怎么规定投诉？", law), missing_titles("《政府采购质疑和投诉办法》规定了什么？", law)
+    ([], ['《政府采购质疑和投诉办法》'])
+    """
+    missing = []
+    for title in _TITLE.findall(question):
+        wanted = bigrams(title)
+        if not any(fold(title) in fold(h.text) or len(wanted & bigrams(h.heading)) >= min_share * len(wanted)
+                   for h in hits):
+            missing.append(f"《{title}》")
+    return missing
+
+
+_DIGITS = re.compile(r"\d+(?:\.\d+)?[万亿]?")  # "200万" is compared as 2000000, the form ``fold`` gives
+
+
+def missing_numbers(question: str, hits: Sequence[Hit]) -> list[str]:
+    """The numbers the question names in digits ("debhelper 13", "Debian 12", "第94号") that no retrieved
+    passage holds: a question about a version, an order or a year the documents are not about.
+
+    >>> from kbcore.types import Chunk, Hit
+    >>> law = [Hit(Chunk(1, 1, "fa.pdf", 1, 3, 3, "法", "超过二百万元的货物和服务采购项目"), 1.0)]
+    >>> missing_numbers("超过200万元的项目要预留多少？", law), missing_numbers("财政部令第94号规定了什么？", law)
+    ([], ['94'])
+    >>> missing_numbers("最多能预留合同金额的百分之几？", law)
+    []
+    """
+    seen = "\n".join(fold(f"{h.heading}\n{h.opening}\n{h.text}") for h in hits)  # a case number is in the opening
+    # Digits as written: a Chinese numeral in a question is a word as often as a number ("统一六国", "百分之几").
+    written = dict.fromkeys(_DIGITS.findall(unicodedata.normalize("NFKC", question)))
+    return [n for n in written if not re.search(rf"(?<![\d.]){re.escape(fold(n))}(?![\d])", seen)]
+
 
 _LATIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[._+-][A-Za-z0-9]+)*")
 _YEAR = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2}) ?年")

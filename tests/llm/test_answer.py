@@ -162,8 +162,16 @@ def test_a_question_about_a_name_no_document_mentions_is_refused_and_says_which(
     result = answerer.answer("在 Debian 上怎样安装和使用 Flatpak 应用？")
     assert not result.found and result.unmentioned == ("Flatpak",) and result.citations == []
     assert result.text == NOT_FOUND["zh"] + "文档中没有提到：Flatpak。"
-    # Names the documents do hold go on to the model.
-    assert Answerer(tiny_settings, eval_retriever, loaded).prepare("Debian 的 dpkg 是什么？").prompt is not None
+    # A title in 《》 that no retrieved passage is from: another regulation than those the knowledge base holds.
+    other_law = answerer.answer("《政府采购质疑和投诉办法》规定投诉书必须写明哪些内容？")
+    assert not other_law.found and other_law.unmentioned == ("《政府采购质疑和投诉办法》",)
+    # A number no retrieved passage holds; the whole knowledge base lacks 9781 as well, so the reply says so.
+    version = answerer.answer("debhelper 兼容级别 9781 有哪些新变化？")
+    assert not version.found and version.unmentioned == ("9781",)
+    # Names and titles the documents do hold go on to the model.
+    reader = Answerer(tiny_settings, eval_retriever, loaded)
+    assert reader.prepare("Debian 的 dpkg 是什么？").prompt is not None
+    assert reader.prepare("《政府采购法实施条例》规定的质疑期限是多久？").prompt is not None
 
 
 def test_citations_come_from_what_each_sentence_says_not_from_markers_the_model_wrote():
@@ -196,6 +204,18 @@ def test_a_degenerate_generation_is_replaced_by_a_quote_of_the_best_passage(tiny
     assert looped.degenerate == "loop" and looped.text == "具有良好的商业信誉[1]。"
 
 
+def test_an_answer_without_the_quantity_asked_is_replaced_by_the_sentence_that_gives_it(tiny, monkeypatch):
+    """Asked how many days, the model wrote a sentence with no number of days: it answered something else, so the
+    passage sentence that states the deadline is shown instead."""
+    tiny_settings, loaded = tiny
+    passages = [hit(1, "第四十六条 采购人与中标供应商应当签订书面合同。中标通知书发出之日起三十日内，采购人与中标供应商应当签订合同。")]
+    answerer = Answerer(tiny_settings, FixedRetriever(passages), loaded)
+    monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter(["采购人与中标供应商应当签订书面合同。"]))
+    result = answerer.answer("中标通知书发出后，要在多少天内签合同？")
+    assert result.degenerate == "no_quantity" and result.found
+    assert result.text == QUOTED["zh"] + "中标通知书发出之日起三十日内，采购人与中标供应商应当签订合同[1]。"
+
+
 def test_a_degenerate_generation_with_no_passage_sentence_on_the_question_is_not_found(tiny, monkeypatch):
     """No usable answer, and the best passage sentence is about something else or gives no number where one is
     asked: "not found", not a quote of a tangent."""
@@ -206,6 +226,13 @@ def test_a_degenerate_generation_with_no_passage_sentence_on_the_question_is_not
         monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None, q=question: iter([q]))
         result = answerer.answer(question)
         assert not result.found and result.text == NOT_FOUND["zh"] and result.degenerate == "echo", question
+    # A number of another kind is no answer either: a deadline where a fee is asked, "一开始" where a count is.
+    for text, question in (("第五十五条 质疑供应商可以在答复期满后十五个工作日内向监督管理部门投诉。", "供应商投诉需要交多少投诉费？"),
+                           ("如果您需要 Debian，您最好从一开始就安装 Debian 图形桌面。", "安装 Debian 图形桌面最少需要多少内存？")):
+        answerer = Answerer(tiny_settings, FixedRetriever([hit(1, text)]), loaded)
+        monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None, q=question: iter([q]))
+        result = answerer.answer(question)
+        assert not result.found and result.text == NOT_FOUND["zh"], question
 
 
 def test_look_alike_documents_the_question_does_not_name_are_not_read(tiny):
