@@ -1,12 +1,13 @@
 """OCR benchmark: character accuracy and speed of ingest.ocr on scanned copies of real pages, by render resolution.
 
-    .venv/bin/python bench/bench_ocr.py [--dpi 100,150,200] [--pages N] [--scans DIR]
+    .venv/bin/python bench/bench_ocr.py [--dpi 100,150,200] [--pages N] [--degrade] [--scans DIR]
 
 Pages of ../shared/eval/docs PDFs are rendered to greyscale images at 200 dpi (tests/ingest/scans.py, a scanner's
 default) and then read the way ingest reads a scanned page: rendered at each --dpi, OCR'd, put in reading
 order. Accuracy is 1 - edit distance / length against the page's text layer, whitespace removed. The score
 table shows how often a line with a given recognition score is wrong (not found verbatim in the text layer):
-where MIN_CONFIDENCE marks lines. --scans DIR writes scanned copies of the regulation PDFs the QA set cites, to
+where MIN_CONFIDENCE marks lines. Clean renders score high throughout: --degrade makes poor scans instead
+(100 dpi, blurred, speckled, saved as a low-quality JPEG), which is where low scores occur. --scans DIR writes scanned copies of the regulation PDFs the QA set cites, to
 ingest and compare with ``python -m retrieval.eval`` (bench/README.md).
 """
 
@@ -46,10 +47,37 @@ def squeeze(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
+def degraded_pdf(src: Path, number: int, dst: Path) -> Path:
+    """One page as a poor scan: 100 dpi grey, blurred, with speckle noise, stored as a JPEG of quality 30."""
+    import io
+    import random
+
+    import pymupdf
+    from PIL import Image, ImageFilter
+
+    from scans import page_image
+
+    pix = page_image(src, number, dpi=100)
+    image = Image.frombytes("L", (pix.width, pix.height), pix.samples).filter(ImageFilter.GaussianBlur(0.8))
+    rng = random.Random(number)
+    pixels = image.load()
+    for _ in range(image.width * image.height // 50):
+        x, y = rng.randrange(image.width), rng.randrange(image.height)
+        pixels[x, y] = rng.choice((0, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=30)
+    with pymupdf.open(src) as doc, pymupdf.open() as out:
+        page = out.new_page(width=doc[number - 1].rect.width, height=doc[number - 1].rect.height)
+        page.insert_image(page.rect, stream=buffer.getvalue())
+        out.save(dst)
+    return dst
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dpi", default="100,150,200")
     ap.add_argument("--pages", type=int, default=len(SAMPLE), help="how many sample pages")
+    ap.add_argument("--degrade", action="store_true", help="poor scans: 100 dpi, blur, noise, JPEG quality 30")
     ap.add_argument("--scans", type=Path, help="write scanned copies of the QA set's regulation PDFs here and stop")
     args = ap.parse_args()
 
@@ -71,8 +99,12 @@ def main() -> int:
             src = EVAL / "docs" / name
             with pymupdf.open(src) as doc:
                 reference = squeeze(doc[number - 1].get_text())
-            scan = scanned_pdf(src, Path(tmp) / f"{len(scans)}.pdf", [number])
-            scans.append((f"{name}:{number}", reference, pymupdf.open(scan)[number - 1]))
+            if args.degrade:
+                scan = degraded_pdf(src, number, Path(tmp) / f"{len(scans)}.pdf")
+                scans.append((f"{name}:{number}", reference, pymupdf.open(scan)[0]))
+            else:
+                scan = scanned_pdf(src, Path(tmp) / f"{len(scans)}.pdf", [number])
+                scans.append((f"{name}:{number}", reference, pymupdf.open(scan)[number - 1]))
         recognise(render_page(scans[0][2], 50))  # loads the engine outside the timings
         print(f"{len(scans)} pages; accuracy = 1 - edit distance / characters of the text layer")
         print(f"{'dpi':>4} {'accuracy':>9} {'s/page':>7} {'marked':>7}   per page")
