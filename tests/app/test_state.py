@@ -35,7 +35,8 @@ def test_rejected_uploads_become_failed_rows_without_ingesting(tmp_path, setting
     rows = state.ingest_uploads([("x.exe", b"MZ"), ("../报告.PDF", too_big)], settings, tmp_path / "kb")
     assert rows == [
         {"file": "x.exe", "status": "failed", "pages": 0, "chunks": 0,
-         "reason": "unsupported file type (supported: .pdf, .txt, .md, .markdown, .html, .htm, .docx, .xlsx, .pptx)"},
+         "reason": "unsupported file type (supported: .pdf, .txt, .md, .markdown, .html, .htm, .docx, .xlsx, .pptx, .png, "
+                   ".jpg, .jpeg, .tif, .tiff)"},
         {"file": "报告.pdf", "status": "failed", "reason": "file is 3.0 MB, over the 1 MB limit", "pages": 0, "chunks": 0},
     ]
     assert not (tmp_path / "kb" / "kb.sqlite").exists()
