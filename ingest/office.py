@@ -90,7 +90,8 @@ def check_container(path: Path, kind: str, limits: LimitSettings) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    # NotImplementedError: a zip version or compression method Python cannot read ("zip file version 6.5").
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise ParseError(path, f"damaged {what} (truncated or corrupt zip container: {exc})") from None
     most = MEMBERS_PER_PAGE * limits.max_pages + TEMPLATE_MEMBERS
     if len(members) > most:
