@@ -382,11 +382,24 @@ def bomb(kind: str) -> bytes:
     return zip_of(members)
 
 
+def future_version(data: bytes) -> bytes:
+    """Every central-directory entry says it needs zip version 6.5 to extract, which Python's zipfile refuses."""
+    import struct
+
+    out = bytearray(data)
+    at = 0
+    while (at := out.find(b"PK\x01\x02", at)) >= 0:
+        struct.pack_into("<H", out, at + 6, 65)  # version needed to extract
+        at += 4
+    return bytes(out)
+
+
 DAMAGE = {  # (make, words the reason must hold)
     "truncated": (lambda kind: small_office(kind)[:len(small_office(kind)) // 2], "truncated or corrupt zip container"),
     "flipped": (lambda kind: flipped(small_office(kind)), "damaged or not a"),
     "lying-sizes": (lambda kind: lying_sizes(small_office(kind)), "damaged or not a"),
     "bomb": (bomb, "over the limit of 1 MB (setting limits.max_file_mb)"),
+    "future-version": (lambda kind: future_version(small_office(kind)), "truncated or corrupt zip container"),
 }
 
 
