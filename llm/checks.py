@@ -257,9 +257,17 @@ def unsupported_numbers(text: str, passages: Sequence[str], question: str = "") 
     []
     """
     seen = fold(question) + "\n" + "\n".join(fold(p) for p in passages)
-    # "12" is not in "120", but "2021年" is in "2021年7月": only a bare number may not run on into digits.
-    return [n for n in numbers_in(text)
-            if not re.search(rf"(?<![\d.]){re.escape(n)}" + (r"(?![\d])" if n[-1].isdigit() else ""), seen)]
+    return [n for n in numbers_in(text) if not holds_number(seen, n)]
+
+
+def holds_number(folded: str, number: str) -> bool:
+    """Whether ``folded`` text holds the folded ``number`` as a whole number: "12" is not in "120", but
+    "2021年" is in "2021年7月".
+
+    >>> holds_number("第120条", "12"), holds_number("2021年7月1日", "2021年"), holds_number("投诉12日内", "12")
+    (False, True, True)
+    """
+    return bool(re.search(rf"(?<![\d.]){re.escape(number)}" + (r"(?![\d])" if number[-1].isdigit() else ""), folded))
 
 
 def numbers_in(text: str) -> list[str]:

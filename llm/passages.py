@@ -23,7 +23,7 @@ from typing import Sequence
 
 from kbcore.text import document_opening, tagged_words
 from kbcore.types import Hit
-from llm.checks import asked_quantity, bigrams, content_of, fold, states_quantity
+from llm.checks import asked_quantity, bigrams, content_of, fold, holds_number, states_quantity
 from llm.prompts import language_of
 
 # Characters of a document's head that hold its identity block (kbcore.config.ChunkSettings.opening_chars).
@@ -140,8 +140,7 @@ def unread_terms(question: str, passages: Sequence[Hit]) -> list[str]:
     >>> unread_terms("政府采购工程的质保金最多能预留合同金额的百分之几？", law), unread_terms("签合同要交履约保证金吗？", law)
     (['质保金'], [])
     """
-    seen = "\n".join(fold(f"{h.heading}\n{h.text}") for h in passages)
-    held = bigrams(seen)
+    held = bigrams("\n".join(f"{h.heading}\n{h.text}" for h in passages))  # bigrams folds the text itself
     return [w for w, flag in tagged_words(question)
             if flag[:1] == "n" or flag == "vn"
             # Half its character pairs is enough: "签合同" is read where the passage says "签订合同".
@@ -187,7 +186,7 @@ def missing_numbers(question: str, hits: Sequence[Hit]) -> list[str]:
     seen = "\n".join(fold(f"{h.heading}\n{h.opening}\n{h.text}") for h in hits)  # a case number is in the opening
     # Digits as written: a Chinese numeral in a question is a word as often as a number ("统一六国", "百分之几").
     written = dict.fromkeys(_DIGITS.findall(unicodedata.normalize("NFKC", question)))
-    return [n for n in written if not re.search(rf"(?<![\d.]){re.escape(fold(n))}(?![\d])", seen)]
+    return [n for n in written if not holds_number(seen, fold(n))]
 
 
 _LATIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[._+-][A-Za-z0-9]+)*")
