@@ -101,3 +101,37 @@ def random_qwen2(default_model_dir, tmp_path_factory):
 def tiny_model_dir(random_qwen2):
     return random_qwen2("tiny-qwen2", hidden_size=32, intermediate_size=64, num_attention_heads=2,
                         num_key_value_heads=1)
+
+
+class LocalServer:
+    """A server started as a child process on a free loopback port: the port to give it, and waiting until it
+    answers (the API's own command and ``scripts/run.sh`` are both driven this way)."""
+
+    @staticmethod
+    def free_port() -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    @staticmethod
+    def wait_json(url: str, server, timeout: float, poll: float = 0.2) -> dict:
+        """The JSON at ``url`` once it answers; fails with the server's output if it exits or ``timeout`` passes."""
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return httpx.get(url, timeout=2).json()
+            except httpx.TransportError:
+                output = server.stdout or server.stderr
+                assert server.poll() is None and time.monotonic() < deadline, output.read()[-3000:]
+                time.sleep(poll)
+
+
+@pytest.fixture
+def local_server() -> type[LocalServer]:
+    return LocalServer

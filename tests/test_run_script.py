@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_run_script_ingests_the_samples_and_stops_before_the_app(tmp_path):
+def test_run_script_ingests_the_samples_and_stops_before_the_app(tmp_path, local_server):
     from kbcore.store import KnowledgeBase
 
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
@@ -32,26 +32,12 @@ def test_run_script_ingests_the_samples_and_stops_before_the_app(tmp_path):
     kb.close()
 
     # KBCHAT_SERVE=api serves the same knowledge bases over HTTP instead of opening the app.
-    import socket
-    import time
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = local_server.free_port()
     env = {**os.environ, "KBCHAT_SERVE": "api", "API_PORT": str(port), "KBCHAT_API__PRELOAD": "false"}
     server = subprocess.Popen(["bash", str(tmp_path / "scripts" / "run.sh")], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
-                time.sleep(0.5)
+        models = local_server.wait_json(f"http://127.0.0.1:{port}/v1/models", server, timeout=300, poll=0.5)
         assert [m["id"] for m in models["data"]] == ["default"]
     finally:
         server.terminate()

@@ -407,7 +407,7 @@ def test_the_queue_takes_clients_in_turn():
 
 
 # ---------------------------------------------------------------- the command
-def test_the_command_serves_and_refuses_open_addresses_without_keys(api_root, tiny_model_dir):
+def test_the_command_serves_and_refuses_open_addresses_without_keys(api_root, tiny_model_dir, local_server):
     config = api_root / "empty.toml"
     config.write_text("", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBCHAT_")}
@@ -423,21 +423,12 @@ def test_the_command_serves_and_refuses_open_addresses_without_keys(api_root, ti
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert light.stdout.strip() == "[]", light.stderr  # nothing heavy at import or app creation
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = local_server.free_port()
     server = subprocess.Popen([sys.executable, "-m", "app.api", "--port", str(port)], cwd=REPO,
                               env=env | {"KBCHAT_API__API_KEYS": KEY}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
-                time.sleep(0.2)
+        health = local_server.wait_json(f"http://127.0.0.1:{port}/health", server, timeout=60)
         assert health["status"] == "ok" and health["ready"] is False  # preload off: nothing loaded yet
         assert [m.id for m in client(f"http://127.0.0.1:{port}").models.list().data] == ["docs", "empty"]
     finally:
