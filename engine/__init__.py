@@ -10,4 +10,6 @@ answers: ``llm`` builds those and calls ``generate``.
   ``engine.nf4_cpu``: NF4 weights on our C kernels (``engine/csrc``, loaded by ``engine.native``), prompt inputs
   quantised to 7 bits and decoding inputs to 16 bits per block of 64; ``engine.cpu_weights``: torch's int8 and
   fp16 CPU kernels; ``engine.adapters``: LoRA adapter folders.
+- ``engine.remote``: with ``llm.backend = "openai"``, ``load_model`` gives a model on an OpenAI-compatible server
+  instead, which ``generate`` streams from (chat messages in, text pieces out).
 """

@@ -15,7 +15,10 @@ from engine.models import LoadedModel
 
 
 def generate(loaded: LoadedModel, prompt: str, options: DecodeOptions) -> Iterator[str]:
-    """Text pieces of the model's continuation of ``prompt`` (its stop token left out), on the calling thread."""
+    """Text pieces of the model's continuation of ``prompt`` (its stop token left out), on the calling thread. A
+    remote model (``engine.remote``) streams them from its server."""
+    if getattr(loaded, "remote", False):
+        return loaded.generate(prompt, options)
     ids = loaded.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     forward = model_forward(loaded, ids.shape[1] + options.max_new_tokens)
     return text_pieces(loaded.tokenizer, decode(forward, ids, options))

