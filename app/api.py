@@ -3,11 +3,15 @@
 OpenAI-compatible, so the official clients work unchanged (``base_url=http://127.0.0.1:8000/v1``):
 
 - ``GET /v1/models``: one model per knowledge base, named as it is; ``<kb>:<adapter>`` for each adapter trained on
-  the configured model.
+  the configured model; then the model itself (``llm.model``), each adapter by its bare name, and the embedding
+  model (``embedding.model``).
 - ``POST /v1/chat/completions``: the grounded answer to the last user message, earlier turns as history; streamed
   as server-sent events with ``stream: true``. The checked answer's citations, and whether the documents hold an
   answer at all, travel in the extension field ``kbchat`` (on the completion, or on the stream's last chunk).
-- ``POST /v1/embeddings``: the knowledge base's embedding model.
+  Asked for the model itself (or an adapter by its name, as vLLM serves LoRA modules), it is a plain model server:
+  the messages go through the model's chat template, as another kbchat's ``llm.backend = "openai"`` sends them.
+- ``POST /v1/embeddings``: the knowledge base's embedding model; a text that already starts with the model's
+  query or passage prefix (as another kbchat's ``embedding.backend = "openai"`` sends it) is embedded as it is.
 
 Knowledge-base management lives outside ``/v1`` (``/kbs``, ``/jobs``), ``GET /health`` says whether the model is
 loaded, and ``/docs`` is the OpenAPI page. Everything a request does is a call into ``app.service`` and
@@ -271,7 +275,8 @@ class EmbeddingRequest(BaseModel):
     model: str = Field(description="a knowledge base (its embedding model) or the embedding model's name")
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    # e5-style models embed questions and passages with different prefixes; OpenAI has no such field.
+    # e5-style models embed questions and passages with different prefixes; OpenAI has no such field. A text that
+    # starts with either prefix already is embedded as that kind, whatever this says.
     input_type: Literal["query", "passage"] = "passage"
 
 
@@ -317,6 +322,22 @@ class Server:
             return []
         return [a.path.name for a in found if not a.base_model_sha256 or a.base_model_sha256 == base]
 
+    def bare_model(self, model: str) -> Settings | None:
+        """Settings for chatting with the model itself, no knowledge base: ``model`` is ``llm.model``, or an
+        adapter's name (vLLM's naming of LoRA modules); None otherwise, and for a knowledge base of that name."""
+        if not model or ":" in model:
+            return None
+        try:
+            self.kb_path(model)
+            return None  # a knowledge base's name is that knowledge base
+        except state.AppInputError:  # not a knowledge-base name, or none has it
+            pass
+        if model == self.settings.llm.model:
+            return self.settings
+        if model in self.adapters():
+            return self.settings.with_overrides(llm={"adapter": model})
+        return None
+
     def resolve_model(self, model: str) -> tuple[str, Path, Settings]:
         """(knowledge base, its folder, settings with the adapter) for a chat request's ``model``."""
         kb, _, adapter = model.partition(":")
@@ -354,6 +375,8 @@ class Server:
     def answer_in_thread(self, ticket: "Ticket", stop: threading.Event, emit) -> None:
         """Prepare, generate and check one answer, sending ("piece", text) as tokens come and ("answer", (Answer,
         usage)) at the end; returns early, its generation closed, once ``stop`` is set."""
+        if ticket.messages is not None:
+            return self.chat_in_thread(ticket, stop, emit)
         try:
             answerer = service.answerer(ticket.settings, ticket.kb_path)
             stream = answerer.stream(ticket.question, ticket.history, k=ticket.settings.retrieval.top_k)
@@ -379,9 +402,52 @@ class Server:
         finally:
             emit("end", None)
 
+    def chat_in_thread(self, ticket: "Ticket", stop: threading.Event, emit) -> None:
+        """The model's own reply to ``ticket.messages`` (its chat template, the answer stage's decoding), sent like
+        ``answer_in_thread`` sends an answer, with the reply's text in place of the ``Answer``."""
+        from engine.generate import generate, stream_from_compute_thread
+        from llm.answerer import decode_options
+        from llm.prompts import render_prompt
+
+        try:
+            loaded = service.get_model(ticket.settings)
+            prompt = render_prompt(loaded.tokenizer, ticket.messages)
+            prompt_tokens = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            limit = ticket.settings.llm.max_prompt_tokens
+            if prompt_tokens > limit:
+                raise ApiError(400, f"the messages are {prompt_tokens:,} tokens, over this server's limit of "
+                                    f"{limit:,} (llm.max_prompt_tokens): send fewer or shorter ones",
+                               param="messages", code="context_length_exceeded")
+            options = decode_options(ticket.settings.llm, loaded)
+            draft: list[str] = []
+            pieces = iter(stream_from_compute_thread(loaded, lambda: generate(loaded, prompt, options)))
+            try:
+                for piece in pieces:
+                    if stop.is_set():
+                        return
+                    draft.append(piece)
+                    emit("piece", piece)
+            finally:
+                pieces.close()
+            text = "".join(draft)
+            completion_tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+            emit("answer", (text, {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                   "total_tokens": prompt_tokens + completion_tokens}))
+        except ApiError as exc:
+            emit("error", exc)
+        except Exception as exc:
+            log.exception("generation failed")
+            emit("error", exc)
+        finally:
+            emit("end", None)
+
     def enter(self, body: ChatRequest, client: str) -> "Ticket":
         """Check a chat request's limits and take its place in the queue: every refusal (4xx, 429) happens here,
         before any response starts."""
+        bare = self.bare_model(body.model)
+        if bare is not None:
+            settings, messages = self.prepare_chat(body, bare)
+            return Ticket(self.queue, client, self.queue.enter(client), settings, None, "", [], messages)
         settings, kb_path, question, history = self.prepare_request(body)
         return Ticket(self.queue, client, self.queue.enter(client), settings, kb_path, question, history)
 
@@ -424,6 +490,36 @@ class Server:
                 stop.set()
                 self.counts["cancelled"] += 1
 
+    def prepare_chat(self, body: ChatRequest, settings: Settings) -> tuple[Settings, list[dict]]:
+        """The settings and messages of a chat with the model itself (``bare_model``), every limit checked that can
+        be before the model is loaded (the prompt's length is checked by ``chat_in_thread``)."""
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
+                    for i, m in enumerate(body.messages)]
+        for i, m in enumerate(messages):
+            if m["role"] not in ("system", "user", "assistant"):
+                raise ApiError(422, f"messages.{i}.role: {m['role']!r} messages are not supported; send system, "
+                                    f"user and assistant ones", param=f"messages.{i}.role", code="invalid_value")
+        if messages[-1]["role"] != "user":
+            raise ApiError(422, "the last message must be the user's", param="messages", code="invalid_value")
+        return self.request_settings(body, settings), messages
+
+    def request_settings(self, body: ChatRequest, settings: Settings) -> Settings:
+        """``settings`` with the request's decoding fields (max_tokens held to api.max_tokens)."""
+        api = self.settings.api
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        if max_tokens is not None and max_tokens > api.max_tokens:
+            field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise ApiError(422, f"{field} is {max_tokens}, over this server's limit of {api.max_tokens} "
+                                f"(api.max_tokens)", param=field, code="invalid_value")
+        llm: dict[str, Any] = {}
+        if max_tokens is not None:
+            llm["max_new_tokens"] = max_tokens
+        if body.temperature is not None:
+            llm["temperature"] = body.temperature
+        if body.top_p is not None:
+            llm["top_p"] = body.top_p
+        return settings.with_overrides(llm=llm) if llm else settings
+
     def prepare_request(self, body: ChatRequest) -> tuple[Settings, Path, str, list[dict]]:
         """The settings, knowledge base, question and history of a chat request, every limit checked."""
         api = self.settings.api
@@ -438,29 +534,19 @@ class Server:
                                 f"{api.max_question_chars:,} (api.max_question_chars)",
                            param=f"messages.{len(turns) - 1}.content", code="question_too_long")
         history = [{"role": r, "content": t} for r, t in turns[:-1] if r in ("user", "assistant")]
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        if max_tokens is not None and max_tokens > api.max_tokens:
-            field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-            raise ApiError(422, f"{field} is {max_tokens}, over this server's limit of {api.max_tokens} "
-                                f"(api.max_tokens)", param=field, code="invalid_value")
-        llm: dict[str, Any] = {}
-        if max_tokens is not None:
-            llm["max_new_tokens"] = max_tokens
-        if body.temperature is not None:
-            llm["temperature"] = body.temperature
-        if body.top_p is not None:
-            llm["top_p"] = body.top_p
-        return (settings.with_overrides(llm=llm) if llm else settings), kb_path, question, history
+        return self.request_settings(body, settings), kb_path, question, history
 
 
 class Ticket:
     """A chat request's checked inputs and its place in the queue. ``cancel`` gives the place back when the answer
     never started (a client gone before its stream began); once started, ``Server.run`` owns it."""
 
-    def __init__(self, queue: FairQueue, client: str, turn: asyncio.Future, settings: Settings, kb_path: Path,
-                 question: str, history: list[dict]):
+    def __init__(self, queue: FairQueue, client: str, turn: asyncio.Future, settings: Settings, kb_path: Path | None,
+                 question: str, history: list[dict], messages: list[dict] | None = None):
         self.queue, self.client, self.turn = queue, client, turn
         self.settings, self.kb_path, self.question, self.history = settings, kb_path, question, history
+        # A chat with the model itself (Server.bare_model): its messages, and no knowledge base.
+        self.messages = messages
         self.used = False
 
     def cancel(self) -> None:
@@ -553,6 +639,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cards.append({"id": kb, "object": "model", "created": created, "owned_by": "kbchat"})
             cards += [{"id": f"{kb}:{a}", "object": "model", "created": created, "owned_by": "kbchat"}
                       for a in adapters]
+        # The model itself and its adapters, for clients that bring their own passages (Server.bare_model), and the
+        # embedding model by its name.
+        cards += [{"id": name, "object": "model", "created": 0, "owned_by": "kbchat"}
+                  for name in (settings.llm.model, *adapters) if server.bare_model(name) is not None]
+        if all(card["id"] != settings.embedding.model for card in cards):
+            cards.append({"id": settings.embedding.model, "object": "model", "created": 0, "owned_by": "kbchat"})
         return cards
 
     @api.get("/v1/models", tags=["openai"])
@@ -586,9 +678,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if kind == "piece":
                     yield _chunk(cid, created, model, {"content": value})
                 elif kind == "error":
-                    error = {"message": f"the answer failed: {value}", "type": "server_error", "param": None,
-                             "code": "generation_failed"}
+                    if isinstance(value, ApiError):
+                        error = {"message": value.detail, "type": "invalid_request_error", "param": value.param,
+                                 "code": value.code}
+                    else:
+                        error = {"message": f"the answer failed: {value}", "type": "server_error", "param": None,
+                                 "code": "generation_failed"}
                     yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
+                elif kind == "answer" and isinstance(value[0], str):  # the model itself: no answer checks
+                    yield _chunk(cid, created, model, {}, _finish_reason(value[1], ticket))
+                    if body.stream_options and body.stream_options.include_usage:
+                        payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                   "choices": [], "usage": value[1]}
+                        yield f"data: {json.dumps(payload)}\n\n"
                 elif kind == "answer":
                     answer, usage = value
                     # The stream carried the model's draft; the checked answer (citation marks, or a quote or
@@ -607,6 +709,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def collect():
             async for kind, value in events:
                 if kind == "error":
+                    if isinstance(value, ApiError):
+                        raise value
                     raise ApiError(500, f"the answer failed: {value}", code="generation_failed")
                 if kind == "answer":
                     return value
@@ -629,6 +733,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if work.cancelled():
             return error_response(499, "the client closed the connection", code="client_closed")
         answer, usage = work.result()
+        if isinstance(answer, str):  # the model itself (Server.bare_model): its reply, no kbchat field
+            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": None,
+                                 "finish_reason": _finish_reason(usage, ticket)}], "usage": usage}
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "logprobs": None, "finish_reason": _finish_reason(usage, ticket)}],
@@ -657,12 +765,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except (state.AppInputError, FileNotFoundError):
                 raise ApiError(404, f"no model {body.model!r}: name a knowledge base or "
                                     f"{settings.embedding.model!r}", param="model", code="model_not_found") from None
-        if body.input_type == "query":
-            import numpy as np
+        import numpy as np
 
-            vectors = np.stack([embedder.embed_query(t) for t in texts])
-        else:
-            vectors = embedder.embed_passages(texts)
+        from kbcore.embedding import resolve_prefixes
+
+        # A text already prefixed (another kbchat's openai backend adds the prefixes, as every e5 client should) is
+        # embedded as that kind, without a second prefix.
+        query_prefix, passage_prefix = resolve_prefixes(settings.embedding)
+        queries, bare = [], []
+        for text in texts:
+            if query_prefix and text.startswith(query_prefix):
+                queries.append(True)
+                bare.append(text[len(query_prefix):])
+            elif passage_prefix and text.startswith(passage_prefix):
+                queries.append(False)
+                bare.append(text[len(passage_prefix):])
+            else:
+                queries.append(body.input_type == "query")
+                bare.append(text)
+        vectors = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
+        passages = [i for i, query in enumerate(queries) if not query]
+        if passages:
+            vectors[passages] = embedder.embed_passages([bare[i] for i in passages])
+        for i in (i for i, query in enumerate(queries) if query):
+            vectors[i] = embedder.embed_query(bare[i])
         data = []
         for i, vector in enumerate(vectors):
             vector = vector.astype("<f4")

@@ -124,7 +124,8 @@ def api(api_root, tiny_model_dir):
 def test_models_chat_and_embeddings_through_the_openai_client(api):
     url, settings = api
     ai = client(url)
-    assert [m.id for m in ai.models.list().data] == ["docs", "empty"]
+    # The knowledge bases, then the model itself and the embedding model (for clients with their own passages).
+    assert [m.id for m in ai.models.list().data] == ["docs", "empty", settings.llm.model, "multilingual-e5-small"]
     assert ai.models.retrieve("docs").id == "docs"
 
     # Not streamed: the checked answer with its extension field; the same question streamed gives the same answer.
@@ -174,6 +175,28 @@ def test_models_chat_and_embeddings_through_the_openai_client(api):
     assert np.allclose(floats, want[1], atol=1e-5)
 
 
+def test_the_model_itself_answers_the_messages_it_is_sent(api):
+    """Asked for ``llm.model`` (what another kbchat's ``llm.backend = "openai"`` asks for), the API is a plain model
+    server: the messages through the model's chat template, streamed and not, no knowledge base and no kbchat field;
+    a prompt over llm.max_prompt_tokens is refused as OpenAI refuses one over the context."""
+    url, settings = api
+    ai = client(url)
+    model = settings.llm.model
+    messages = [{"role": "system", "content": "只用中文回答。"}, {"role": "user", "content": QUESTION}]
+    done = ai.chat.completions.create(model=model, messages=messages, max_tokens=6)
+    assert done.model == model and done.choices[0].message.content and not hasattr(done, "kbchat")
+    assert done.usage.prompt_tokens > 20 and 0 < done.usage.completion_tokens <= 6
+    chunks = list(ai.chat.completions.create(model=model, messages=messages, max_tokens=6, stream=True,
+                                             stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == done.choices[0].message.content
+    assert chunks[-1].usage.prompt_tokens == done.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="llm.max_prompt_tokens") as caught:
+        ai.chat.completions.create(model=model, messages=[{"role": "user", "content": "政府采购的供应商" * 1000}])
+    assert caught.value.code == "context_length_exceeded"
+    with pytest.raises(openai.UnprocessableEntityError, match="last message must be the user's"):
+        ai.chat.completions.create(model=model, messages=[*messages, {"role": "assistant", "content": "好"}])
+
+
 def test_adapters_trained_on_the_model_are_models_of_each_knowledge_base(api, tiny_model_dir):
     import shutil
 
@@ -182,7 +205,8 @@ def test_adapters_trained_on_the_model_are_models_of_each_knowledge_base(api, ti
         (settings.adapters_dir / name).mkdir(parents=True)
         (settings.adapters_dir / name / "kbchat_adapter.json").write_text(json.dumps({"base_model_sha256": base}))
     try:
-        assert [m.id for m in client(url).models.list().data] == ["docs", "docs:mine", "empty", "empty:mine"]
+        assert [m.id for m in client(url).models.list().data] == ["docs", "docs:mine", "empty", "empty:mine",
+                                                                  settings.llm.model, "mine", "multilingual-e5-small"]
         with pytest.raises(openai.NotFoundError, match="no adapter 'foreign'"):
             client(url).chat.completions.create(model="docs:foreign", messages=[{"role": "user", "content": "x"}])
     finally:
@@ -430,7 +454,8 @@ def test_the_command_serves_and_refuses_open_addresses_without_keys(api_root, ti
     try:
         health = local_server.wait_json(f"http://127.0.0.1:{port}/health", server, timeout=60)
         assert health["status"] == "ok" and health["ready"] is False  # preload off: nothing loaded yet
-        assert [m.id for m in client(f"http://127.0.0.1:{port}").models.list().data] == ["docs", "empty"]
+        assert [m.id for m in client(f"http://127.0.0.1:{port}").models.list().data] == \
+               ["docs", "empty", str(tiny_model_dir), "multilingual-e5-small"]
     finally:
         server.terminate()
         server.wait(15)
