@@ -169,13 +169,13 @@ def open_or_create_kb(settings: Settings, kb_path: str | os.PathLike | None = No
     loaded); ingest checks it before embedding anything, and raises ``EmbeddingMismatchError``."""
     path = Path(kb_path) if kb_path is not None else settings.kb_path
     if KnowledgeBase.exists(path):
-        return KnowledgeBase(path)
+        return KnowledgeBase(path, store=settings.store)
     if embedder is None:
         from kbcore.embedding import load_embedder
 
         embedder = load_embedder(settings.embedding, settings.cache_dir)
     return KnowledgeBase.create(path, embedding_model=embedder.model_id, dimension=embedder.dimension,
-                                extra_settings=kb_settings_record(settings))
+                                extra_settings=kb_settings_record(settings), store=settings.store)
 
 
 IGNORE_FILE = ".ingestignore"
@@ -469,7 +469,7 @@ def rebuild(kb_path: str | os.PathLike, settings: Settings, *, batch_size: int =
     Returns the number of chunks re-embedded."""
     from kbcore.embedding import load_embedder
 
-    kb = KnowledgeBase(kb_path)
+    kb = KnowledgeBase(kb_path, store=settings.store)
     try:
         embedder = load_embedder(settings.embedding, settings.cache_dir)
         with kb.writer() as writer:

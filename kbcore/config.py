@@ -146,6 +146,30 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """Where a knowledge base keeps its vector index. ``kb.sqlite`` stays the source of truth for documents,
+    chunks, text and vectors either way; the index is derived from it and rebuilt when it does not match."""
+
+    # "local": vectors.faiss in the knowledge-base folder. "milvus": a Milvus collection at ``uri``: a local file
+    # path (Milvus Lite, embedded) or a server's URL ("http://milvus:19530"), the same code for both.
+    backend: Literal["local", "milvus"] = "local"
+    # backend "milvus" only: "" keeps Milvus Lite's data beside kb.sqlite (``<kb>/milvus.db``).
+    uri: str = ""
+    # backend "milvus" only: the server's token ("user:password" or an API key; or KBCHAT_STORE__TOKEN).
+    token: str | None = field(default=None, repr=False)
+    # "auto": exact (flat) below ``hnsw_threshold`` chunks, HNSW at or above it (and back to flat below half of it).
+    # Exact search of 50k 384-d vectors costs about 3 ms a query on one core, a tenth of embedding the question;
+    # HNSW keeps recall@10 against exact >= .99 at 100k-1M (bench/bench_scale.py, bench/README.md).
+    index: Literal["auto", "flat", "hnsw"] = "auto"
+    hnsw_threshold: int = 50_000
+    # HNSW graph degree (memory: about 8 * hnsw_m bytes a vector beside the vector itself), the candidate list
+    # when adding, and when searching (raised to the k asked for); higher ef: better recall, slower queries.
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 128
+
+
+@dataclass(frozen=True)
 class RetrievalSettings:
     top_k: int = 5
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
@@ -259,6 +283,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     app: AppSettings = field(default_factory=AppSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     @property
     def kb_path(self) -> Path:

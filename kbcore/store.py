@@ -1,12 +1,16 @@
-"""A knowledge base is a folder: ``kb.sqlite`` (documents, chunks, vectors, settings) and ``vectors.faiss``.
+"""A knowledge base is a folder: ``kb.sqlite`` (documents, chunks, vectors, settings) and a derived vector index.
 
 SQLite is the single source of truth and every write is one transaction, so a killed ingest leaves the
-previous state readable. ``vectors.faiss`` is a derived search index, written to a temp file and renamed into
-place. Chunk ids come from ``AUTOINCREMENT`` and are never reused, and re-embedding (which keeps the ids)
-bumps the ``vectors_epoch`` setting in its own transaction; the index file records the epoch it was built
-at. So an index of the expected type whose id set and epoch equal the database's holds exactly the right
-vectors; any other index (stale, cut short, of another type, built by a reader that raced a re-embedding) is
-rebuilt from the stored vectors (a flat index is a copy of them, cheap to rebuild). The store holds no pickle.
+previous state readable. The vector index is derived from the stored vectors (``kbcore.vectors``): by default
+``vectors.faiss``, exact (flat) below ``[store] hnsw_threshold`` chunks and HNSW above it, written to a temp file
+and renamed into place; or a Milvus collection (``[store] backend = "milvus"``, ``kbcore.milvus``). Chunk ids come
+from ``AUTOINCREMENT`` and are never reused, and re-embedding (which keeps the ids) bumps the ``vectors_epoch``
+setting in its own transaction; the index file records the epoch it was built at and the knowledge base's id. So
+an index of the expected type, knowledge base and epoch holds the right vector for every id it shares with the
+database: it is caught up (ids the database lost dropped or skipped, new ids added from the stored vectors), not
+rebuilt, after each write. Any other index (of another type, metric, knowledge base or epoch, cut short, built by
+a reader that raced a re-embedding, or whose vectors differ from the stored ones at sampled ids) is rebuilt from
+the stored vectors. The store holds no pickle.
 
 >>> import tempfile, numpy as np
 >>> kb = KnowledgeBase.create(tempfile.mkdtemp(), embedding_model="demo", dimension=2)
@@ -27,23 +31,24 @@ import fcntl
 import hashlib
 import os
 import sqlite3
-import stat
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from kbcore.config import StoreSettings
 from kbcore.types import Chunk, Document
+from kbcore.vectors import INDEX_FILE, open_vector_index
 
 DB_FILE = "kb.sqlite"
-INDEX_FILE = "vectors.faiss"
 LOCK_FILE = "lock"
 SCHEMA_VERSION = "1"
-# First line of vectors.faiss; the second is "epoch N", then FAISS's own serialisation.
-_INDEX_MAGIC = b"kbchat faiss index 1\n"
+__all__ = ["KnowledgeBase", "KnowledgeBaseWriter", "NewChunk", "KnowledgeBaseError", "EmbeddingMismatchError",
+           "KnowledgeBaseBusyError", "DB_FILE", "INDEX_FILE", "text_hash"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -117,9 +122,10 @@ _CHUNK_SELECT = (
 class KnowledgeBase:
     """Read and write one knowledge-base folder. Safe to share between threads of one process."""
 
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, store: StoreSettings | None = None):
         self.path = Path(path)
         self.readonly = readonly
+        self.store_settings = store or StoreSettings()
         db = self.path / DB_FILE
         if not db.is_file():
             raise KnowledgeBaseError(
@@ -130,13 +136,14 @@ class KnowledgeBase:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
         self._lock = threading.RLock()
-        self._index = None
+        self._index = open_vector_index(self.store_settings)
         self._index_generation = -1
+        self._writing = False  # this instance holds the write lock (KnowledgeBase.writer)
 
     # ---------------------------------------------------------------- creation and settings
     @classmethod
     def create(cls, path: str | os.PathLike, *, embedding_model: str, dimension: int,
-               extra_settings: dict[str, str] | None = None) -> "KnowledgeBase":
+               extra_settings: dict[str, str] | None = None, store: StoreSettings | None = None) -> "KnowledgeBase":
         """Create an empty knowledge base (or open an existing one built with the same embedding model)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -145,11 +152,12 @@ class KnowledgeBase:
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(_SCHEMA)
             defaults = {"schema_version": SCHEMA_VERSION, "embedding_model": embedding_model,
-                        "embedding_dimension": str(dimension), "generation": "0", **(extra_settings or {})}
+                        "embedding_dimension": str(dimension), "generation": "0", "kb_id": uuid.uuid4().hex,
+                        **(extra_settings or {})}
             db.executemany("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", defaults.items())
         finally:
             db.close()
-        kb = cls(path)
+        kb = cls(path, store=store)
         kb.check_embedding(embedding_model, dimension)
         return kb
 
@@ -264,97 +272,101 @@ class KnowledgeBase:
         return out
 
     # ---------------------------------------------------------------- dense search
-    def _faiss_index(self):
-        import faiss
+    @property
+    def kb_id(self) -> str:
+        """A random id recorded at creation (or at the first write of an older knowledge base): an index file or
+        Milvus collection names the knowledge base it was built for."""
+        return self.settings().get("kb_id", "")
 
-        # One query against a flat index runs faster on one OpenMP thread than on two (bench/bench_retrieval.py).
-        faiss.omp_set_num_threads(1)
+    def _live_ids(self) -> np.ndarray:
+        return np.fromiter((r[0] for r in self._db.execute("SELECT id FROM chunks ORDER BY id")), dtype=np.int64)
+
+    def _vector_batches(self, ids: np.ndarray, size: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The stored vectors of ``ids`` (sorted), ``size`` at a time: a big index is built without a second
+        copy of every vector in memory."""
+        for start in range(0, len(ids), size):
+            part = np.asarray(ids[start:start + size], dtype=np.int64)
+            yield part, self.vectors_of(part)
+
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of these chunk ids, in that order (KeyError for an id the database lacks)."""
+        ids = [int(i) for i in ids]
+        dim = self.dimension
+        out = np.empty((len(ids), dim), dtype=np.float32)
+        where = {cid: row for row, cid in enumerate(ids)}
+        found = 0
         with self._lock:
-            generation = self.generation
-            if self._index is not None and self._index_generation == generation:
-                return self._index
-            # Read before the vectors: an index built over newer vectors than its epoch says is only rebuilt again.
-            epoch = self._vectors_epoch()
-            ids = np.array([r[0] for r in self._db.execute("SELECT id FROM chunks ORDER BY id")], dtype=np.int64)
-            index = self._read_index(ids, epoch)
-            if index is None:
-                # Only a stale or missing index pays for reading every stored vector.
-                ids, vecs = self.vectors()
-                index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
-                if len(ids):
-                    index.add_with_ids(np.ascontiguousarray(vecs), ids)
-                if not self.readonly:
-                    self._write_index(index, epoch)
-            self._index, self._index_generation = index, generation
-            return index
+            lo, hi = (min(ids), max(ids)) if ids else (0, -1)
+            if hi - lo < 4 * len(ids):  # a dense range: one scan of the primary key
+                rows = self._db.execute("SELECT id, vector FROM chunks WHERE id BETWEEN ? AND ?", (lo, hi))
+            else:
+                rows = (r for s in range(0, len(ids), 500) for r in self._db.execute(
+                    f"SELECT id, vector FROM chunks WHERE id IN ({','.join('?' * len(ids[s:s + 500]))})",
+                    ids[s:s + 500]))
+            for cid, blob in rows:
+                row = where.get(cid)
+                if row is not None:
+                    out[row] = np.frombuffer(blob, dtype=np.float32)
+                    found += 1
+        if found != len(where):
+            raise KeyError(f"{len(where) - found} of {len(where)} chunk ids are not in {self.path}")
+        return out
+
+    def _document_ids_of(self, ids: Sequence[int]) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        found: dict[int, int] = {}
+        with self._lock:
+            for s in range(0, len(ids), 500):
+                part = ids[s:s + 500]
+                found.update(self._db.execute(
+                    f"SELECT id, document_id FROM chunks WHERE id IN ({','.join('?' * len(part))})", part).fetchall())
+        return np.array([found[i] for i in ids], dtype=np.int64)
+
+    def _existing_ids(self, ids: Sequence[int]) -> set[int]:
+        ids = [int(i) for i in ids]
+        with self._lock:
+            return {r[0] for s in range(0, len(ids), 500) for r in self._db.execute(
+                f"SELECT id FROM chunks WHERE id IN ({','.join('?' * len(ids[s:s + 500]))})", ids[s:s + 500])}
+
+    def _vector_index(self):
+        """The derived vector index, in line with the database (call under ``self._lock``)."""
+        generation = self.generation
+        if self._index_generation != generation:
+            self._index.refresh(self)
+            self._index_generation = generation
+        return self._index
 
     def _vectors_epoch(self) -> str:
         row = self._db.execute("SELECT value FROM settings WHERE key='vectors_epoch'").fetchone()
         return row[0] if row else "0"
 
-    def _read_index(self, ids: np.ndarray, epoch: str):
-        """``vectors.faiss`` when it is a regular file in our format, built at ``epoch``, holding a flat
-        inner-product index over exactly ``ids``; else None (it is rebuilt)."""
-        import faiss
-
-        try:
-            fd = os.open(self.path / INDEX_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            return None  # missing, or a link
-        with open(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None  # a FIFO or device would block or never end
-            if fh.readline() != _INDEX_MAGIC or fh.readline().decode("ascii", "replace").strip() != f"epoch {epoch}":
-                return None
-            data = fh.read()
-        try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        except RuntimeError:
-            return None  # cut short or not an index
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != self.dimension:
-            return None
-        inner = faiss.downcast_index(index.index)
-        if not isinstance(inner, faiss.IndexFlatIP) or index.metric_type != faiss.METRIC_INNER_PRODUCT \
-                or index.ntotal != len(ids) or inner.ntotal != len(ids):
-            return None
-        if not np.array_equal(np.sort(faiss.vector_to_array(index.id_map)), ids):
-            return None
-        return index
-
-    def _write_index(self, index, epoch: str) -> None:
-        import faiss
-
-        tmp = self.path / f".{INDEX_FILE}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(_INDEX_MAGIC + f"epoch {epoch}\n".encode("ascii"))
-            fh.write(faiss.serialize_index(index).tobytes())
-        os.replace(tmp, self.path / INDEX_FILE)
+    def index_info(self) -> dict:
+        """The vector index in use: backend, kind ("flat", "hnsw", or Milvus's), vectors and memory in bytes."""
+        with self._lock:
+            index = self._vector_index()
+            return {"backend": self.store_settings.backend, "kind": index.kind, "chunks": self.chunk_count(),
+                    "memory_bytes": index.memory_bytes()}
 
     def dense_search(self, query: np.ndarray, k: int, document_ids: Sequence[int] | None = None
                      ) -> list[tuple[int, float]]:
         """(chunk id, inner product) pairs, best first; ``document_ids`` restricts the search."""
-        import faiss
-
-        index = self._faiss_index()
-        if index.ntotal == 0 or k <= 0:
+        if k <= 0:
             return []
-        params = None
-        if document_ids is not None:
-            allowed = self.chunk_ids(document_ids)
-            if not len(allowed):
-                return []
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
-        scores, ids = index.search(q, min(k, index.ntotal), params=params)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        with self._lock:
+            allowed = None
+            if document_ids is not None:
+                allowed = self.chunk_ids(document_ids)
+                if not len(allowed):
+                    return []
+            query = np.asarray(query, dtype=np.float32).reshape(-1)
+            return self._vector_index().search(self, query, k, allowed, document_ids=document_ids)
 
     def dense_scores(self, query: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-        """Inner products of the query with the given chunks' vectors (for candidates found lexically)."""
+        """Inner products of the query with the given chunks' vectors (for candidates found lexically), from the
+        stored vectors, so they are exact whatever the index."""
         if len(ids) == 0:
             return np.zeros(0, dtype=np.float32)
-        index = self._faiss_index()
-        vecs = index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
-        return vecs @ np.asarray(query, dtype=np.float32).reshape(-1)
+        return self.vectors_of(ids) @ np.asarray(query, dtype=np.float32).reshape(-1)
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
@@ -363,6 +375,21 @@ class KnowledgeBase:
         then gets ``KnowledgeBaseBusyError``; it never interleaves with the first."""
         if self.readonly:
             raise KnowledgeBaseError(f"knowledge base {self.path} is open read-only")
+        with self._write_lock(wait_seconds), self._lock:
+            self._writing = True
+            writer = KnowledgeBaseWriter(self)
+            try:
+                yield writer
+            finally:
+                try:
+                    if writer.changed:
+                        self._vector_index()  # catch the index up (and rewrite vectors.faiss) once for the batch
+                finally:
+                    self._writing = False
+
+    @contextlib.contextmanager
+    def _write_lock(self, wait_seconds: float) -> Iterator[None]:
+        """The knowledge base's file lock, held by one writer (process or thread) at a time."""
         lock_path = self.path / LOCK_FILE
         fh = open(lock_path, "a+")
         deadline = time.monotonic() + wait_seconds
@@ -384,14 +411,7 @@ class KnowledgeBase:
             fh.truncate()
             fh.write(f"pid {os.getpid()}")
             fh.flush()
-            with self._lock:
-                writer = KnowledgeBaseWriter(self)
-                try:
-                    yield writer
-                finally:
-                    if writer.changed:
-                        self._index = None
-                        self._faiss_index()  # rewrite vectors.faiss once for the whole batch
+            yield
         finally:
             fh.seek(0)
             fh.truncate()
@@ -413,15 +433,24 @@ class KnowledgeBaseWriter:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # What the transaction adds to and removes from the vectors, for an index kept in step per transaction.
+        self._added, self._removed, self._new_epoch = [], [], False
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
             self.db.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            self.db.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('kb_id', ?)", (uuid.uuid4().hex,))
             self.db.execute("COMMIT")
             self.changed = True
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self.kb._index.changed(self.kb, np.asarray(self._added, dtype=np.int64),
+                               np.asarray(self._removed, dtype=np.int64), self._new_epoch)
+
+    def _chunk_ids_of(self, source: str) -> list[int]:
+        return [r[0] for r in self.db.execute(
+            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.source = ?", (source,))]
 
     def put_document(self, source: str, *, content_hash: str, title: str, pages: int,
                      chunks: Sequence[NewChunk], vectors: np.ndarray) -> int:
@@ -431,6 +460,7 @@ class KnowledgeBaseWriter:
         if vectors.shape != (len(chunks), dim):
             raise ValueError(f"{source}: expected {len(chunks)} vectors of dimension {dim}, got {vectors.shape}")
         with self._transaction() as db:
+            self._removed += self._chunk_ids_of(source)
             db.execute("DELETE FROM documents WHERE source = ?", (source,))
             cur = db.execute(
                 "INSERT INTO documents(source, content_hash, title, pages, chunks, updated_at) VALUES (?,?,?,?,?,?)",
@@ -441,10 +471,12 @@ class KnowledgeBaseWriter:
                 " VALUES (?,?,?,?,?,?,?,?,?)",
                 [(doc_id, c.ordinal, c.page_start, c.page_end, c.heading, c.text, text_hash(c.text), c.tokens,
                   vectors[i].tobytes()) for i, c in enumerate(chunks)])
+            self._added += [r[0] for r in db.execute("SELECT id FROM chunks WHERE document_id = ?", (doc_id,))]
         return doc_id
 
     def delete_document(self, source: str) -> bool:
         with self._transaction() as db:
+            self._removed += self._chunk_ids_of(source)
             deleted = db.execute("DELETE FROM documents WHERE source = ?", (source,)).rowcount
         return deleted > 0
 
@@ -462,6 +494,7 @@ class KnowledgeBaseWriter:
             db.executemany("UPDATE chunks SET vector = ? WHERE id = ?",
                            [(np.asarray(v, dtype=np.float32).tobytes(), int(i)) for i, v in vectors_by_id.items()])
             epoch = int(self.kb._vectors_epoch()) + 1
+            self._new_epoch = True
             db.executemany("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
                            [("embedding_model", model_id), ("embedding_dimension", str(dimension)),
                             ("vectors_epoch", str(epoch))])

@@ -261,7 +261,7 @@ def open_retriever(settings: Settings, kb_path=None, *, reranker: Reranker | Non
     """
     from kbcore.embedding import load_embedder
 
-    kb = KnowledgeBase(kb_path or settings.kb_path)
+    kb = KnowledgeBase(kb_path or settings.kb_path, store=settings.store)
     embedder = load_embedder(settings.embedding, settings.cache_dir)
     if reranker is None and settings.retrieval.reranker:
         reranker = CrossEncoderReranker(settings.retrieval.reranker)

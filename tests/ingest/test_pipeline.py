@@ -71,7 +71,9 @@ def _texts_found(kb: KnowledgeBase, embedder, query: str, k: int = 10) -> list[s
     return [c.text for c in kb.get_chunks([i for i, _ in hits]).values()]
 
 
-def test_reingest_update_prune_delete(tmp_path, eval_dir, settings, embedder):
+@pytest.mark.parametrize("backend", ["local", "milvus"])
+def test_reingest_update_prune_delete(tmp_path, eval_dir, settings, embedder, backend):
+    settings = settings.with_overrides(store={"backend": backend})
     docs, kb_path = tmp_path / "docs", tmp_path / "kb"
     docs.mkdir()
     shutil.copy(eval_dir / "docs" / "zfcg-xinxi-fabu-guanli-banfa.pdf", docs / "信息发布.pdf")
@@ -81,7 +83,7 @@ def test_reingest_update_prune_delete(tmp_path, eval_dir, settings, embedder):
     first = ingest_folder(docs, settings, kb_path=kb_path)
     assert sorted((r.source, r.status) for r in first.results) == [("notes/须知.md", "added"), ("信息发布.pdf", "added")]
     assert first.chunks_embedded == first.chunks > 5
-    kb = KnowledgeBase(kb_path)
+    kb = KnowledgeBase(kb_path, store=settings.store)
     assert kb.embedding_model == embedder.model_id
     ids, vectors = kb.vectors()
     generation = kb.generation

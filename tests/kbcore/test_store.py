@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from kbcore.config import StoreSettings
 from kbcore.store import (INDEX_FILE, EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseBusyError,
                           KnowledgeBaseError, NewChunk)
 
@@ -18,9 +19,26 @@ def chunks(n, prefix):
                      tokens=f"{prefix} t{i}") for i in range(n)]
 
 
+# Every backend must pass the same tests: the local FAISS index (flat, and HNSW, which cannot remove vectors and
+# skips deleted ones) and Milvus (Lite, in this process).
+BACKENDS = {"local": StoreSettings(), "local-hnsw": StoreSettings(index="hnsw"),
+            "milvus": StoreSettings(backend="milvus")}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def kb(request, tmp_path):
+    return KnowledgeBase.create(tmp_path / "kb", embedding_model="test-model", dimension=8,
+                                store=BACKENDS[request.param])
+
+
 @pytest.fixture
-def kb(tmp_path):
+def local_kb(tmp_path):
+    """For what only the local index file has (its format, its type checks)."""
     return KnowledgeBase.create(tmp_path / "kb", embedding_model="test-model", dimension=8)
+
+
+def reopen(kb, **kwargs):
+    return KnowledgeBase(kb.path, store=kb.store_settings, **kwargs)
 
 
 def test_replacing_a_document_removes_its_old_chunks_from_search(kb):
@@ -37,7 +55,7 @@ def test_replacing_a_document_removes_its_old_chunks_from_search(kb):
     assert not found & old_ids
     assert kb.document("a.pdf").content_hash == "3"
     # A fresh reader sees the same thing through the index file on disk.
-    again = KnowledgeBase(kb.path, readonly=True)
+    again = reopen(kb, readonly=True)
     assert {cid for cid, _ in again.dense_search(old[0], k=10)} == found
 
 
@@ -55,7 +73,8 @@ def test_deleted_document_is_gone_and_ids_are_never_reused(kb):
     assert len(kb.dense_search(unit(rng, 1)[0], k=10)) == 2
 
 
-def test_stale_or_broken_index_file_is_rebuilt_from_the_database(kb):
+def test_stale_or_broken_index_file_is_rebuilt_from_the_database(local_kb):
+    kb = local_kb
     rng = np.random.default_rng(2)
     vecs = unit(rng, 4)
     with kb.writer() as w:
@@ -85,7 +104,8 @@ def test_vector_count_mismatch_is_refused_and_nothing_changes(kb):
     assert kb.documents() == []
 
 
-def test_embedding_mismatch_names_both_models_and_the_fix(kb):
+def test_embedding_mismatch_names_both_models_and_the_fix(local_kb):
+    kb = local_kb
     with pytest.raises(EmbeddingMismatchError, match=r"test-model.*other-model.*--rebuild"):
         KnowledgeBase.create(kb.path, embedding_model="other-model", dimension=8)
 
@@ -100,7 +120,7 @@ def test_replace_vectors_swaps_model_and_search_uses_new_vectors(kb):
     with kb.writer() as w:
         w.replace_vectors("model-2", 8, dict(zip(ids, new)))
     kb.check_embedding("model-2", 8)
-    assert KnowledgeBase(kb.path).dense_search(new[1], k=1)[0][0] == ids[1]
+    assert reopen(kb).dense_search(new[1], k=1)[0][0] == ids[1]
 
 
 def test_missing_knowledge_base_is_a_clear_error(tmp_path):
@@ -115,7 +135,8 @@ def _hold_writer(path, ready, release):
         release.wait(10)
 
 
-def test_second_writer_is_refused_while_the_first_writes(kb):
+def test_second_writer_is_refused_while_the_first_writes(local_kb):
+    kb = local_kb
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold_writer, args=(str(kb.path), ready, release))
@@ -133,7 +154,8 @@ def test_second_writer_is_refused_while_the_first_writes(kb):
     assert os.path.exists(kb.path / "lock")
 
 
-def test_recorded_settings_change_in_one_transaction(kb):
+def test_recorded_settings_change_in_one_transaction(local_kb):
+    kb = local_kb
     with kb.writer() as w:
         w.set_settings({"chunk_size": 200, "tokenizer_version": "v2"})
     assert kb.settings()["chunk_size"] == "200" and kb.settings()["tokenizer_version"] == "v2"
@@ -153,11 +175,22 @@ def _index_of_another_kind(kb, kind, vecs, ids):
     elif kind == "our format, L2 metric":
         index = faiss.IndexIDMap2(faiss.IndexFlatL2(8))
         index.add_with_ids(-vecs, ids)  # the nearest in L2 would be the farthest by inner product
-        kb._write_index(index, "0")
+        kb._index._write(kb, index, "0")
     elif kind == "our format, wrong epoch":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
         index.add_with_ids(-vecs, ids)
-        kb._write_index(index, "7")
+        kb._index._write(kb, index, "7")
+    elif kind == "our format, another knowledge base":  # even with the same vectors at these ids: not trusted
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+        index.add_with_ids(vecs, ids)
+        other = KnowledgeBase.create(kb.path.parent / "other", embedding_model="test-model", dimension=8)
+        other._index._write(kb, index, "0")
+        (kb.path / INDEX_FILE).write_bytes((kb.path / INDEX_FILE).read_bytes().replace(
+            kb.kb_id.encode(), other.kb_id.encode()))
+    elif kind == "our format, other vectors":  # right epoch and knowledge base, but not the stored vectors
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+        index.add_with_ids(-vecs, ids)
+        kb._index._write(kb, index, "0")
     elif kind == "link to /dev/zero":
         path.symlink_to("/dev/zero")
     elif kind == "FIFO":
@@ -165,8 +198,10 @@ def _index_of_another_kind(kb, kind, vecs, ids):
 
 
 @pytest.mark.parametrize("kind", ["plain faiss file, HNSW", "our format, L2 metric", "our format, wrong epoch",
+                                  "our format, another knowledge base", "our format, other vectors",
                                   "link to /dev/zero", "FIFO"])
-def test_an_index_file_of_the_wrong_type_is_rebuilt_not_trusted(kb, kind):
+def test_an_index_file_of_the_wrong_type_is_rebuilt_not_trusted(local_kb, kind):
+    kb = local_kb
     rng = np.random.default_rng(6)
     vecs = unit(rng, 4)
     with kb.writer() as w:
@@ -177,9 +212,11 @@ def test_an_index_file_of_the_wrong_type_is_rebuilt_not_trusted(kb, kind):
     for readonly in (True, False):  # a reader never blocks on a FIFO or trusts the file; a writer replaces it
         assert KnowledgeBase(kb.path, readonly=readonly).dense_search(vecs[2], k=4) == expected
     assert (kb.path / INDEX_FILE).is_file() and not (kb.path / INDEX_FILE).is_symlink()
+    assert f"kb {kb.kb_id}\n".encode() in (kb.path / INDEX_FILE).read_bytes()[:100]  # rewritten by the writer
 
 
-def test_an_index_built_from_the_old_vectors_during_re_embedding_is_not_trusted_after(kb):
+def test_an_index_built_from_the_old_vectors_during_re_embedding_is_not_trusted_after(local_kb):
+    kb = local_kb
     rng = np.random.default_rng(7)
     old = unit(rng, 3)
     with kb.writer() as w:
