@@ -27,8 +27,10 @@ the stored vectors. The store holds no pickle.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
+import json
 import os
 import sqlite3
 import threading
@@ -102,6 +104,22 @@ class NewChunk:
     tokens: str = ""
 
 
+def _record_store(store: StoreSettings) -> str:
+    """The store settings a knowledge base was last written with (never the token)."""
+    return json.dumps({f.name: getattr(store, f.name) for f in dataclasses.fields(store) if f.name != "token"},
+                      sort_keys=True)
+
+
+def _recorded_store(value: str | None) -> StoreSettings:
+    if not value:
+        return StoreSettings()
+    known = {f.name for f in dataclasses.fields(StoreSettings)} - {"token"}
+    try:
+        return StoreSettings(**{k: v for k, v in json.loads(value).items() if k in known})
+    except (ValueError, TypeError):
+        return StoreSettings()
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
@@ -125,7 +143,7 @@ class KnowledgeBase:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, store: StoreSettings | None = None):
         self.path = Path(path)
         self.readonly = readonly
-        self.store_settings = store or StoreSettings()
+        self._store_given = store is not None
         db = self.path / DB_FILE
         if not db.is_file():
             raise KnowledgeBaseError(
@@ -136,6 +154,8 @@ class KnowledgeBase:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
         self._lock = threading.RLock()
+        # Opened without store settings (a delete from the app, a reader in finetune): as last written with.
+        self.store_settings = store if store is not None else _recorded_store(self.settings().get("store"))
         self._index = open_vector_index(self.store_settings)
         self._index_generation = -1
         self._writing = False  # this instance holds the write lock (KnowledgeBase.writer)
@@ -440,6 +460,9 @@ class KnowledgeBaseWriter:
             yield self.db
             self.db.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             self.db.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('kb_id', ?)", (uuid.uuid4().hex,))
+            if self.kb._store_given:
+                self.db.execute("INSERT OR REPLACE INTO settings(key, value) VALUES ('store', ?)",
+                                (_record_store(self.kb.store_settings),))
             self.db.execute("COMMIT")
             self.changed = True
         except BaseException:

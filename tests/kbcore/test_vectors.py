@@ -130,7 +130,25 @@ def test_an_index_file_of_the_other_type_than_configured_is_rebuilt(tmp_path):
     assert kb.index_info()["kind"] == "hnsw"
     flat = KnowledgeBase(kb.path, store=StoreSettings(index="flat"))
     assert flat.index_info()["kind"] == "flat"
-    assert (kb.path / INDEX_FILE).is_file() and KnowledgeBase(kb.path).index_info()["kind"] == "flat"
+    assert (kb.path / INDEX_FILE).is_file() and KnowledgeBase(kb.path, store=StoreSettings()).index_info()["kind"] == "flat"
+
+
+def test_opened_without_store_settings_a_knowledge_base_uses_those_it_was_written_with(tmp_path, monkeypatch):
+    from ingest import delete_document
+    from kbcore.milvus import MilvusIndex
+
+    rng = np.random.default_rng(8)
+    milvus = StoreSettings(backend="milvus", index="flat")
+    kb = KnowledgeBase.create(tmp_path / "kb", embedding_model="m", dimension=DIM, store=milvus)
+    vecs = embedding_like(rng, 40)
+    with kb.writer() as w:
+        put(w, "a.pdf", vecs[:20])
+        put(w, "b.pdf", vecs[20:])
+    assert KnowledgeBase(kb.path).store_settings == milvus
+    monkeypatch.setattr(MilvusIndex, "_reconcile", lambda *a: pytest.fail("Milvus was not kept in step"))
+    assert delete_document(kb.path, "a.pdf")  # as the app and `python -m ingest --delete` call it
+    assert len(KnowledgeBase(kb.path, store=milvus).dense_search(vecs[0], 40)) == 20
+    assert not (kb.path / INDEX_FILE).exists()  # no local index was built beside it
 
 
 def test_store_settings_come_from_the_environment():
@@ -152,7 +170,8 @@ def test_milvus_never_returns_a_chunk_deleted_while_it_could_not_be_kept_in_step
         put(w, "a.pdf", vecs[:100])
         put(w, "b.pdf", vecs[100:])
     gone = {c.id for c in kb.chunks("a.pdf")}
-    local = KnowledgeBase(kb.path)  # a process configured for the local index deletes a.pdf: Milvus is not told
+    # A process configured for the local index deletes a.pdf: Milvus is not told.
+    local = KnowledgeBase(kb.path, store=StoreSettings())
     with local.writer() as w:
         w.delete_document("a.pdf")
         # While that writer holds the lock, a Milvus reader cannot reconcile; it must still drop what is gone.
