@@ -160,3 +160,30 @@ def test_the_real_model_on_the_server_answers_with_a_citation_of_the_page(eval_d
         cited = [c for c in answer.citations if "中国政府采购网" in c.snippet.replace("\n", "")]
         assert cited and all(c.source == PDF and c.pages for c in cited), answer.citations
     assert done.text == stream.answer.text
+
+
+def test_a_reader_that_stops_early_stops_the_servers_generation(server, monkeypatch):
+    """Closing the answer stream after two pieces closes the connection, and the server stops generating."""
+    import time
+
+    import engine.generate
+    from tests.app.test_api import wait_idle
+
+    url, settings = server
+    steps = []
+    real_forward = engine.generate.model_forward
+
+    def slow_forward(loaded, length):  # the server is in this process: its model, slowed
+        forward = real_forward(loaded, length)
+        return lambda ids: steps.append(1) or time.sleep(0.01) or forward(ids)
+
+    monkeypatch.setattr(engine.generate, "model_forward", slow_forward)
+    before = httpx.get(f"{url}/health").json()["generations"]
+    # Sampled, so the random model does not loop and stop by itself.
+    long = remote_settings(settings, url, max_new_tokens=1000, temperature=1.0)
+    stream = iter(Answerer(long, FixedRetriever(PASSAGES)).stream(QUESTION))
+    next(stream), next(stream)
+    stream.close()
+    after = wait_idle(url)["generations"]
+    assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"]
+    assert len(steps) < 300, f"the server generated {len(steps)} tokens for a reader that left after two"
