@@ -117,3 +117,25 @@ def test_the_error_reaches_whoever_asked_the_question(api, settings):
     answerer = Answerer(asking, FixedRetriever([hit(1, "第二十二条 供应商应当具有良好的商业信誉。")]))
     with pytest.raises(RemoteError, match="refused the API key"):
         answerer.answer("供应商应当具备什么条件？")
+
+
+def test_the_estimated_prompt_size_is_above_what_the_real_tokenizer_counts(default_model_dir):
+    """Prompts are fitted to llm.max_prompt_tokens with the estimate, so it must not count fewer tokens than the
+    server's tokenizer (here Qwen2.5's, through its chat template) on real Chinese and English passages."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from llm.prompts import build_messages, render_prompt
+    from tests.llm.test_answer import hit
+
+    real = AutoTokenizer.from_pretrained(default_model_dir)
+    samples = Path(__file__).resolve().parents[2] / "samples"
+    texts = [p.read_text(encoding="utf-8") for p in sorted(samples.glob("*.[tm][xd]*"))]
+    assert texts
+    english = "Debian packages are installed with dpkg and apt-get; run apt-get update before upgrading 2,024 files."
+    for text in [t[i:i + 600] for t in texts for i in range(0, len(t), 600)] + [english * 5]:
+        messages = build_messages("供应商应当具备什么条件？", [hit(1, text)])
+        estimated = len(RemoteTokenizer()(render_prompt(RemoteTokenizer(), messages))["input_ids"])
+        counted = len(real(render_prompt(real, messages), add_special_tokens=False)["input_ids"])
+        assert estimated >= counted, (estimated, counted, text[:80])
