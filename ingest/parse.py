@@ -332,12 +332,28 @@ _PAGE_NUMBER_LINE = re.compile(r"^[-–—\s\divxlc]*$", re.IGNORECASE)
 _CONTENTS_TITLE = re.compile(r"^(目\s*录|contents|table of contents)$", re.IGNORECASE)
 
 
+# A first line this long, or holding a sentence's end, is the text itself, not its title: as the title it would
+# be prepended to every chunk (kbcore.text.passage_text), doubling what a one-paragraph file embeds.
+_TITLE_CHARS = 60
+_SENTENCE_END = re.compile(r"[。！？；]|[.!?;](?:\s|$)")
+
+
 def _first_line(pages: list[Page]) -> str:
-    """The first line that is not a page number, or "" when the document opens with its contents."""
+    r"""The first line that is not a page number, if it reads as a title; "" when the document opens with its
+    contents or with a sentence.
+
+    >>> _first_line([Page(1, "关于促进政府采购公平竞争优化营商环境的通知\n一、……")])
+    '关于促进政府采购公平竞争优化营商环境的通知'
+    >>> _first_line([Page(1, "汽车跟随着。示例1：如果你被给了一辆汽车，那辆车没有保险……")])
+    ''
+    """
     for page in pages:
         for line in page.text.splitlines():
             if not _PAGE_NUMBER_LINE.match(line):
-                return "" if _CONTENTS_TITLE.match(line.strip()) else line.strip()[:80]
+                line = line.strip()
+                if _CONTENTS_TITLE.match(line) or len(line) > _TITLE_CHARS or _SENTENCE_END.search(line):
+                    return ""
+                return line
     return ""
 
 

@@ -167,7 +167,7 @@ def test_reading_order_columns_spanning_lines_and_table_rows():
 
 
 def test_low_confidence_lines_are_kept_marked_and_reach_the_chunk(monkeypatch, tmp_path):
-    segments = [Segment(50, 50, 900, 80, "第一条 为了规范政府采购行为，制定本法。", 0.99),
+    segments = [Segment(50, 50, 900, 80, "中华人民共和国政府采购法", 0.99),
                 Segment(50, 100, 900, 130, "第二条 本法适用于在中华人民共和国境内进行的政府采购。", 0.42)]
     monkeypatch.setattr(ocr, "recognise", lambda _bgr, _language="ch": segments)
     image = tmp_path / "通知.png"
