@@ -269,6 +269,18 @@ class _Ingester:
         prune_sources = list(prune_sources)
         total = len(files) + len(prune_sources)
         with self.kb.writer() as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-prepare") as pool:
+            # Files waiting for vectors: small files are embedded together, a batch of one or two chunks per
+            # file leaves the embedder mostly idle (bench/bench_ingest.py, many small files).
+            waiting: list[tuple[int, _Prepared]] = []
+
+            def store_waiting() -> None:
+                if not waiting:
+                    return
+                for (n, prepared), result in zip(waiting, self._store_all(writer, [p for _, p in waiting])):
+                    self.report.results.append(result)
+                    self.progress(n + 1, total, prepared.source, result)
+                waiting.clear()
+
             ahead = [pool.submit(self._prepare, source, path) for source, path in files[:1]]
             for done, (source, _path) in enumerate(files):
                 self.progress(done, total, source, None)
@@ -276,9 +288,15 @@ class _Ingester:
                 if done + 1 < len(files):
                     ahead.append(pool.submit(self._prepare, *files[done + 1]))
                 ahead[done] = None  # let the parsed text go
-                result = prepared if isinstance(prepared, FileResult) else self._store(writer, prepared)
-                self.report.results.append(result)
-                self.progress(done + 1, total, source, result)
+                if isinstance(prepared, FileResult):
+                    store_waiting()  # results stay in file order
+                    self.report.results.append(prepared)
+                    self.progress(done + 1, total, source, prepared)
+                    continue
+                waiting.append((done, prepared))
+                if sum(len(p.chunks) for _, p in waiting) >= EMBED_SLICE:
+                    store_waiting()
+            store_waiting()
             for n, source in enumerate(prune_sources, start=len(files)):
                 self.progress(n, total, source, None)
                 started = time.perf_counter()
@@ -364,10 +382,22 @@ class _Ingester:
                 self.report.stage_seconds["parse"] -= self.ocr.seconds - before
                 self.report.stage_seconds["ocr"] += self.ocr.seconds - before
 
-    def _store(self, writer, prepared: "_Prepared") -> FileResult:
+    def _store_all(self, writer, batch: list["_Prepared"]) -> list[FileResult]:
+        """Embed what the files lack in one go, then store each file in its own transaction."""
         t = time.perf_counter()
-        vectors, embedded = self._vectors(prepared.source, prepared.chunks, prepared.openings)
-        t = self._timed("embed", t)
+        plans = [self._reusable_vectors(p.source, p.chunks, p.openings) for p in batch]
+        texts = [passage_text(p.chunks[i].heading, p.chunks[i].text, p.openings[i])
+                 for p, (_, todo) in zip(batch, plans) for i in todo]
+        embedded = self._embed(texts)
+        offset = 0
+        for vectors, todo in plans:
+            vectors[todo] = embedded[offset:offset + len(todo)]
+            offset += len(todo)
+        self._timed("embed", t)
+        return [self._store(writer, p, vectors, len(todo)) for p, (vectors, todo) in zip(batch, plans)]
+
+    def _store(self, writer, prepared: "_Prepared", vectors: np.ndarray, embedded: int) -> FileResult:
+        t = time.perf_counter()
         new_chunks = [NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text, tokens)
                       for c, tokens in zip(prepared.chunks, prepared.tokens)]
         writer.put_document(prepared.source, content_hash=prepared.digest, title=prepared.title,
@@ -378,9 +408,10 @@ class _Ingester:
         return FileResult(prepared.source, status, prepared.reason, prepared.pages, len(prepared.chunks), embedded,
                           seconds=time.perf_counter() - prepared.started)
 
-    def _vectors(self, source: str, chunks: list[TextChunk], chunk_openings: list[str]) -> tuple[np.ndarray, int]:
-        """Vectors for the chunks: reused where heading, text and opening are unchanged since the stored
-        version, else embedded."""
+    def _reusable_vectors(self, source: str, chunks: list[TextChunk], chunk_openings: list[str]
+                          ) -> tuple[np.ndarray, list[int]]:
+        """The chunks' vectors where heading, text and opening are unchanged since the stored version, and
+        the positions of the chunks still to embed."""
         reusable: dict[str, np.ndarray] = {}
         if source in self.stored and self.stored_opening_chars is not None:
             stored = self.kb.chunks(source)
@@ -389,19 +420,23 @@ class _Ingester:
             wanted = [text_hash(c.text) for c, o in zip(chunks, chunk_openings) if (c.heading, c.text, o) in old]
             reusable = self.kb.vectors_by_text_hash(wanted) if wanted else {}
         todo = [i for i, c in enumerate(chunks) if text_hash(c.text) not in reusable]
-        embedder = self.embedder.get() if todo else None
-        dim = embedder.dimension if embedder is not None else self.kb.dimension
+        dim = self.embedder.get().dimension if todo else self.kb.dimension
         vectors = np.empty((len(chunks), dim), dtype=np.float32)
         for i, c in enumerate(chunks):
             if text_hash(c.text) in reusable:
                 vectors[i] = reusable[text_hash(c.text)]
+        return vectors, todo
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.kb.dimension), dtype=np.float32)
+        embedder = self.embedder.get()
+        out = np.empty((len(texts), embedder.dimension), dtype=np.float32)
         # Large slices let the embedder sort by length and pad little; slicing at all keeps progress moving.
-        for start in range(0, len(todo), EMBED_SLICE):
-            part = todo[start:start + EMBED_SLICE]
-            vectors[part] = embedder.embed_passages([passage_text(chunks[i].heading, chunks[i].text, chunk_openings[i])
-                                                     for i in part])
-            self.on_embedded(len(part))
-        return vectors, len(todo)
+        for start in range(0, len(texts), EMBED_SLICE):
+            out[start:start + EMBED_SLICE] = embedder.embed_passages(texts[start:start + EMBED_SLICE])
+            self.on_embedded(len(texts[start:start + EMBED_SLICE]))
+        return out
 
 
 def ingest_folder(folder: str | os.PathLike, settings: Settings, *, kb_path: str | os.PathLike | None = None,

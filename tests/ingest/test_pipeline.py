@@ -153,8 +153,9 @@ def test_bad_files_fail_one_by_one_and_exit_status_says_so(tmp_path, eval_dir, s
 def test_killed_ingest_leaves_a_usable_knowledge_base(tmp_path, eval_dir, settings, embedder):
     docs, kb_path = tmp_path / "docs", tmp_path / "kb"
     docs.mkdir()
-    names = ["zfcg-xinxi-fabu-guanli-banfa.pdf", "zfcg-daili-jigou-guanli-zanxing-banfa.pdf",
-             "zfcg-jinkou-chanpin-guanli-banfa.pdf"]  # small, so resuming is quick; each takes > 0.3 s to embed
+    # Ingest stores small files after embedding them together (ingest.pipeline.EMBED_SLICE chunks): the first
+    # two (68 + 85 chunks) fill a batch, so the third is still embedding when the first are stored.
+    names = ["zhaobiao-toubiao-fa.pdf", "zhengfu-caigou-fa-shishi-tiaoli.pdf", "zhengfu-caigou-fa.pdf"]
     for n, name in enumerate(names):
         shutil.copy(eval_dir / "docs" / name, docs / f"{n}-{name}")
     proc = subprocess.Popen([sys.executable, "-m", "ingest", str(docs), "--kb", str(kb_path), "--quiet"],
@@ -311,3 +312,24 @@ def test_upgrading_a_knowledge_base_from_before_identity_blocks_re_embeds_only_w
     assert again.count("updated") == 2 and again.chunks == first.chunks
     # The law has no identity block, so its vectors stand; the judgment's later chunks gained one.
     assert again.chunks_embedded == judgment_chunks - 1
+
+
+def test_small_files_are_embedded_together_with_the_vectors_each_gets_alone(tmp_path, settings, embedder):
+    docs, kb_path = tmp_path / "docs", tmp_path / "kb"
+    docs.mkdir()
+    items = ["投保人应当如实告知被保险人的健康状况", "保险事故发生后被保险人应当及时通知保险人", "保险费可以按年缴纳",
+             "人寿保险的受益人由被保险人指定", "财产保险合同转让应当通知保险人", "保险人应当及时作出核定"]
+    for n, item in enumerate(items):
+        (docs / f"q{n:02d}.txt").write_text(f"{item}，具体以保险合同约定为准。\n", encoding="utf-8")
+    slices: list[int] = []
+    report = ingest_folder(docs, settings, kb_path=kb_path, on_embedded=slices.append)
+    assert slices == [len(items)]  # one embedder call for six one-chunk files, not six calls
+    assert [r.source for r in report.results] == sorted(p.name for p in docs.iterdir())
+    kb = KnowledgeBase(kb_path)
+    ids, vectors = kb.vectors()
+    by_id = dict(zip(ids.tolist(), vectors))
+    for doc in kb.documents():
+        chunk = kb.chunks(doc.source)[0]
+        alone = embedder.embed_passages([passage_text(chunk.heading, chunk.text)])[0]
+        assert float(alone @ by_id[chunk.id]) > 0.9999, doc.source
+    kb.close()
