@@ -38,7 +38,7 @@ from typing import Sequence
 
 from kbcore.types import Answer, Citation
 from llm.checks import degenerate_reason, fold
-from retrieval.harness import QAItem, read_items
+from retrieval.harness import QAItem, gold_sources, read_items
 
 # A reference-only item (the FAQ's section openings) counts as answered when the answer recalls this share of
 # the reference's characters.
@@ -59,7 +59,7 @@ def load_items(path: str | Path) -> list[AnswerItem]:
     for answers where ``answers`` are the retrieval hit rule's longer phrases)."""
     def make(raw: dict, line_no: int) -> AnswerItem:
         reference = raw.get("reference", raw.get("answer"))
-        return AnswerItem(id=str(raw.get("id", line_no)), question=raw["question"], source=raw.get("source"),
+        return AnswerItem(id=str(raw.get("id", line_no)), question=raw["question"], **gold_sources(raw),
                           pages=tuple(int(p) for p in raw.get("pages") or ()),
                           answers=tuple(raw.get("facts") or raw.get("answers") or ()),
                           require_all=raw.get("require") == "all",
@@ -99,7 +99,7 @@ def states_facts(item: AnswerItem, text: str) -> bool:
 
 def citation_is_precise(citation: Citation, passage_text: str, item: AnswerItem) -> bool:
     """A cited passage is from the gold document and lies on a gold page or holds a gold fact."""
-    if item.source and Path(citation.source).name != Path(item.source).name:
+    if item.source and Path(citation.source).name not in item.gold_files:
         return False
     if item.pages and set(citation.pages) & set(item.pages):
         return True
@@ -139,9 +139,8 @@ def grade(item: AnswerItem, answer: Answer, seconds: float) -> Grade:
         correct = recall is not None and recall >= REFERENCE_RECALL
     texts = {h.chunk.id: h.text for h in answer.hits}
     precise = sum(citation_is_precise(c, texts.get(c.chunk_id, c.snippet), item) for c in answer.citations)
-    gold = Path(item.source).name if item.source else None
     right_document = correct and item.answerable and bool(answer.citations) and all(
-        Path(c.source).name == gold for c in answer.citations) if gold else correct
+        Path(c.source).name in item.gold_files for c in answer.citations) if item.source else correct
     shown = None if refused else degenerate_reason(answer.text, item.question, [h.source for h in answer.hits])
     return Grade(item.id, item.answerable, refused, correct, len(answer.citations), precise, right_document,
                  shown, answer.degenerate, bool(answer.unsupported), recall, f1, seconds)
@@ -182,7 +181,7 @@ def run(answerer, items: Sequence[AnswerItem], *, oracle: bool = False, log=None
     with a source is read from its gold document only."""
     out = []
     for item in items:
-        sources = [item.source] if oracle and item.answerable and item.source else None
+        sources = list(item.gold_files) if oracle and item.answerable and item.source else None
         started = time.perf_counter()
         answer = answerer.answer(item.question, sources=sources)
         graded = grade(item, answer, time.perf_counter() - started)

@@ -1,8 +1,8 @@
 """Retrieval-quality harness: hit@k and MRR@10 under the hit rule of ../shared/eval/README.md.
 
-A retrieved chunk is a hit for a question when its source file name equals ``source`` (if given) AND its page
-range intersects ``pages`` (if given) AND its text contains one of ``answers`` (if given), after removing all
-whitespace and applying NFKC to both.
+A retrieved chunk is a hit for a question when its source file name equals ``source`` (if given; a list names
+several correct files) AND its page range intersects ``pages`` (if given) AND its text contains one of
+``answers`` (if given), after removing all whitespace and applying NFKC to both.
 
 >>> from kbcore.types import Chunk, Hit
 >>> item = QAItem(id="q", question="?", source="a.pdf", pages=(2,), answers=("良好 的商业信誉",))
@@ -32,6 +32,13 @@ class QAItem:
     source: str | None = None
     pages: tuple[int, ...] = ()
     answers: tuple[str, ...] = ()
+    # Further correct files beside ``source`` (a question set may list several).
+    also: tuple[str, ...] = ()
+
+    @property
+    def gold_files(self) -> tuple[str, ...]:
+        """The file names that count as the right document; () when any file does."""
+        return tuple(Path(s).name for s in (self.source, *self.also) if s)
 
 
 @dataclass
@@ -67,15 +74,23 @@ def read_items(path: str | Path, make: Callable[[dict, int], object]) -> list:
     return items
 
 
+def gold_sources(raw: dict) -> dict:
+    """``source`` and ``also`` from a question's ``source``, a file name or a list of them."""
+    source = raw.get("source")
+    if isinstance(source, list):
+        return {"source": source[0] if source else None, "also": tuple(source[1:])}
+    return {"source": source}
+
+
 def load_qa(path: str | Path) -> list[QAItem]:
     return read_items(path, lambda raw, line_no: QAItem(
-        id=str(raw.get("id", line_no)), question=raw["question"], source=raw.get("source"),
+        id=str(raw.get("id", line_no)), question=raw["question"], **gold_sources(raw),
         pages=tuple(raw.get("pages") or ()), answers=tuple(raw.get("answers") or ())))
 
 
 def is_hit(hit: Hit, item: QAItem) -> bool:
     chunk = hit.chunk
-    if item.source and Path(chunk.source).name != item.source:
+    if item.source and Path(chunk.source).name not in item.gold_files:
         return False
     if item.pages and not any(chunk.page_start <= p <= chunk.page_end for p in item.pages):
         return False

@@ -7,6 +7,7 @@ numbers and the baselines are in the issue notes and the README.
 import pytest
 
 from retrieval import evaluate, load_qa
+from retrieval.baseline import TfidfBaseline
 
 pytestmark = pytest.mark.slow
 
@@ -22,10 +23,12 @@ FLOORS = {
 @pytest.fixture(scope="module")
 def scores(eval_retriever, eval_dir):
     out = {}
+    baseline = TfidfBaseline(eval_retriever.kb)
     for name in FLOORS:
         items = load_qa(eval_dir / "qa" / f"{name}.jsonl")
         out[name] = {mode: evaluate(lambda q, k, m=mode: eval_retriever.search(q, k, mode=m), items).as_dict()
                      for mode in ("hybrid", "dense", "bm25")}
+        out[name]["tfidf"] = evaluate(baseline.search, items).as_dict()
     return out
 
 
@@ -43,3 +46,9 @@ def test_hybrid_at_least_as_good_as_each_part(scores, name):
     for part in ("dense", "bm25"):
         assert got["hybrid"]["mrr@10"] >= got[part]["mrr@10"] - one_question, got
         assert got["hybrid"]["hit@5"] >= got[part]["hit@5"] - one_question, got
+
+
+@pytest.mark.parametrize("name", FLOORS)
+def test_hybrid_beats_the_character_bigram_baseline(scores, name):
+    got = scores[name]
+    assert got["hybrid"]["mrr@10"] > got["tfidf"]["mrr@10"] and got["hybrid"]["hit@5"] >= got["tfidf"]["hit@5"], got
