@@ -483,7 +483,8 @@ class Server:
                     return
                 if kind in ("answer", "error"):
                     outcome.append(kind)
-                    self.counts["served" if kind == "answer" else "failed"] += 1
+                    if kind == "answer" or not isinstance(value, ApiError):  # a refused request is no failure
+                        self.counts["served" if kind == "answer" else "failed"] += 1
                 yield kind, value
         finally:
             if not outcome:

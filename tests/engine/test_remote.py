@@ -96,7 +96,8 @@ def test_a_wrong_or_missing_key_is_named_and_never_shown(api):
 def test_an_unknown_model_lists_what_the_server_serves(api):
     url, settings = api
     with pytest.raises(RemoteError, match=rf"does not serve the model 'qwen-typo' .*it serves: docs, "
-                                          rf"{settings.llm.model}\. Set llm.model \(or llm.adapter\)"):
+                                          rf"{settings.llm.model}, multilingual-e5-small\. Set llm.model "
+                                          r"\(or llm.adapter\)"):
         ask(remote(settings, base_url=f"{url}/v1", api_key=KEY, model="qwen-typo"), settings.cache_dir)
 
 
