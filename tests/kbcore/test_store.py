@@ -20,15 +20,49 @@ def chunks(n, prefix):
 
 
 # Every backend must pass the same tests: the local FAISS index (flat, and HNSW, which cannot remove vectors and
-# skips deleted ones) and Milvus (Lite, in this process).
+# skips deleted ones), Milvus Lite inside this process, and a Milvus server reached by URL (Milvus Lite's own
+# server, in another process: the code path a Milvus cluster takes).
 BACKENDS = {"local": StoreSettings(), "local-hnsw": StoreSettings(index="hnsw"),
-            "milvus": StoreSettings(backend="milvus")}
+            "milvus": StoreSettings(backend="milvus"), "milvus-server": None}
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri(tmp_path_factory):
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from pymilvus import MilvusClient
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = Path(sys.executable).with_name("milvus-lite")
+    server = subprocess.Popen([str(command), "server", "--data-dir", str(tmp_path_factory.mktemp("milvus")),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            MilvusClient(uri=uri, timeout=2).list_collections()
+            break
+        except Exception:
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()[-3000:]
+            time.sleep(0.3)
+    yield uri
+    server.terminate()
+    server.wait(10)
 
 
 @pytest.fixture(params=list(BACKENDS))
 def kb(request, tmp_path):
-    return KnowledgeBase.create(tmp_path / "kb", embedding_model="test-model", dimension=8,
-                                store=BACKENDS[request.param])
+    store = BACKENDS[request.param]
+    if request.param == "milvus-server":
+        store = StoreSettings(backend="milvus", uri=request.getfixturevalue("milvus_server_uri"))
+    return KnowledgeBase.create(tmp_path / "kb", embedding_model="test-model", dimension=8, store=store)
 
 
 @pytest.fixture
