@@ -1,0 +1,272 @@
+"""The vector index as a knowledge base grows: flat (exact), the automatic index ([store] index = "auto") and
+Milvus Lite, each over the same stored chunks, in one run; and how big BM25's sparse matrix gets.
+
+    .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--backends flat,auto,milvus]
+                                          [--milvus-max 100000] [--bm25-max 100000] [--spread 1.0]
+
+Data. Chunk text is real: 300-character pieces of ../shared/eval/docs, each stored many times with a variant
+number appended, and its BM25 tokens resampled (as bench_retrieval.py does). Vectors are synthetic but
+embedding-like: each is a real multilingual-e5-small passage vector of one of the pieces (from a knowledge base
+built from ../shared/eval/docs, --base-kb) plus noise drawn from the real vectors' own spread (a random
+combination of 64 centred real vectors, scaled by --spread), normalised. Their cosines to each other and to real
+questions match the real corpus's (printed). Queries are the real questions of ../shared/eval/qa, embedded by
+the configured embedder. Recall@10 is against the flat index's answer (exact inner product).
+
+Per size and index: build time (from kb.sqlite to a searchable index, the index file written), memory (the
+index's own estimate for FAISS; the process's resident memory growth for every index, Milvus Lite included as it
+runs inside this process), query p50/p95 of dense_search at the retriever's depth (50 candidates, one thread),
+and recall@10. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kbcore.config import StoreSettings, load_settings  # noqa: E402
+from kbcore.store import KnowledgeBase, NewChunk  # noqa: E402
+from kbcore.text import search_tokens  # noqa: E402
+
+EVAL = ROOT.parent / "shared" / "eval"
+PER_DOC = 1000
+
+
+def cpu_flags() -> str:
+    model, flags = "", set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name") and not model:
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vp2intersect"]
+    return f"{model}, {os.cpu_count()} cores: " + " ".join(f for f in wanted if f in flags)
+
+
+def rss() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def base_kb_path(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    found = sorted(load_settings().cache_dir.glob("test-kb/*/kb.sqlite"))
+    if not found:
+        sys.exit("no knowledge base of ../shared/eval/docs found: build one (python -m ingest ../shared/eval/docs "
+                 "--kb KB) and pass --base-kb KB")
+    return found[-1].parent
+
+
+class Corpus:
+    """Real chunk text and vectors, and embedding-like variations of them."""
+
+    def __init__(self, kb_path: Path, spread: float, seed: int = 0):
+        kb = KnowledgeBase(kb_path, readonly=True)
+        chunks = kb.chunks()
+        by_id = {c.id: c for c in chunks}
+        ids, self.vectors = kb.vectors()
+        self.texts = [by_id[int(i)].text for i in ids]
+        self.tokens = [search_tokens(t) or ["空"] for t in self.texts]
+        self.model, self.dimension = kb.embedding_model, kb.dimension
+        kb.close()
+        self.centred = self.vectors - self.vectors.mean(0)
+        self.spread = spread
+        self.rng = np.random.default_rng(seed)
+
+    def vectors_like(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        base = self.rng.integers(len(self.vectors), size=n)
+        mix = self.rng.standard_normal((n, 64)).astype(np.float32) / 8.0
+        noise = mix @ self.centred[self.rng.integers(len(self.vectors), size=64)]
+        v = self.vectors[base] + self.spread * noise
+        return base, (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    def chunks_like(self, base: np.ndarray, start: int) -> list[NewChunk]:
+        out = []
+        for i, b in enumerate(base):
+            tokens = self.tokens[b]
+            tokens = [tokens[j] for j in self.rng.integers(0, len(tokens), size=len(tokens))] + [f"v{start + i}"]
+            out.append(NewChunk(ordinal=i, page_start=i // 5 + 1, page_end=i // 5 + 1, heading="",
+                                text=f"{self.texts[b]}（{start + i}）", tokens=" ".join(tokens)))
+        return out
+
+
+def build_kb(path: Path, size: int, corpus: Corpus) -> float:
+    """kb.sqlite with ``size`` chunks; no vector index is built here (it is read back per index below)."""
+    kb = KnowledgeBase.create(path, embedding_model=corpus.model, dimension=corpus.dimension,
+                              store=StoreSettings(index="flat"))
+    began = time.perf_counter()
+    with kb.writer() as writer:
+        kb._index.refresh = lambda kb: None  # the benchmark times each index's build from the database below
+        for d in range(0, size, PER_DOC):
+            n = min(PER_DOC, size - d)
+            base, vecs = corpus.vectors_like(n)
+            writer.put_document(f"doc-{d // PER_DOC:05d}.pdf", content_hash=str(d), title="", pages=200,
+                                chunks=corpus.chunks_like(base, d), vectors=vecs)
+    kb.close()
+    return time.perf_counter() - began
+
+
+def wait_for_milvus_index(kb: KnowledgeBase, timeout: float = 3600) -> None:
+    """Milvus Lite merges the small segments each flush writes and indexes the merged ones on a background thread,
+    and searches many small segments slowly meanwhile (100 ms a query at 20k rows, 20 ms once merged): the build
+    time counts until that work is done. It has no public call for this; its in-process engine is asked."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = kb._index.client.describe_index(kb._index.name, "vector")
+        if info.get("state") == "Finished" and not info.get("pending_index_rows"):
+            break
+        time.sleep(0.5)
+    for _, db, _ in list(server_manager_instance._servers.values()):
+        if db.has_collection(kb._index.name):
+            db.get_collection(kb._index.name)._wait_for_bg(timeout=max(1.0, deadline - time.monotonic()))
+
+
+def measure(path: Path, store: StoreSettings, queries: np.ndarray, exact: list[list[int]] | None, depth: int):
+    gc.collect()
+    before = rss()
+    reset_peak()
+    began = time.perf_counter()
+    kb = KnowledgeBase(path, store=store)
+    kb.dense_search(queries[0], 1)  # builds (or loads) the index
+    if store.backend == "milvus":
+        wait_for_milvus_index(kb)
+    build = time.perf_counter() - began
+    info = kb.index_info()
+    grown, peak = rss() - before, peak_rss() - before
+    times, top10 = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        kb.dense_search(q, depth)
+        times.append((time.perf_counter() - t0) * 1000)
+        top10.append([i for i, _ in kb.dense_search(q, 10)])
+    recall = None if exact is None else float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top10, exact)]))
+    row = {"index": info["kind"], "build_s": round(build, 1),
+           "index_mb": round(info["memory_bytes"] / 2**20, 1) if info["memory_bytes"] else None,
+           "rss_growth_mb": round(grown / 2**20, 1), "build_peak_mb": round(peak / 2**20, 1),
+           "p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
+           "recall_at_10": None if recall is None else round(recall, 4)}
+    kb.close()
+    del kb
+    return row, top10
+
+
+def measure_bm25(path: Path) -> dict:
+    from retrieval.lexical import BM25Index
+
+    kb = KnowledgeBase(path, readonly=True)
+    gc.collect()
+    before = rss()
+    reset_peak()
+    began = time.perf_counter()
+    ids, tokens = kb.search_tokens()
+    index = BM25Index.build(ids, tokens)
+    seconds = time.perf_counter() - began
+    w = index.weights
+    matrix = w.data.nbytes + w.indices.nbytes + w.indptr.nbytes
+    row = {"bm25_build_s": round(seconds, 1), "bm25_nonzeros": int(w.nnz), "bm25_terms": len(index.vocabulary),
+           "bm25_density": float(w.nnz) / max(1, w.shape[0] * w.shape[1]),
+           "bm25_matrix_mb": round(matrix / 2**20, 1), "bm25_peak_mb": round((peak_rss() - before) / 2**20, 1)}
+    del index, tokens, ids
+    kb.close()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--backends", default="flat,auto,milvus")
+    parser.add_argument("--milvus-max", type=int, default=100_000, help="largest size Milvus Lite is built for")
+    parser.add_argument("--bm25-max", type=int, default=100_000, help="largest size BM25 is built for")
+    parser.add_argument("--spread", type=float, default=1.0)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--base-kb", default=None)
+    parser.add_argument("--workdir", default=None, help="where the knowledge bases are built (a few GB at 1M)")
+    args = parser.parse_args()
+    print("CPU:", cpu_flags(), "| Python", platform.python_version(), flush=True)
+    settings = load_settings()
+    corpus = Corpus(base_kb_path(args.base_kb), args.spread)
+    from kbcore.embedding import load_embedder
+
+    embedder = load_embedder(settings.embedding, settings.cache_dir)
+    questions = [json.loads(line)["question"] for f in sorted((EVAL / "qa").glob("*.jsonl"))
+                 for line in open(f, encoding="utf-8")][: args.queries]
+    queries = np.stack([embedder.embed_query(q) for q in questions]).astype(np.float32)
+    _, sample = corpus.vectors_like(2000)
+    print(f"{len(corpus.vectors)} real vectors; mean cosine chunk-chunk real {np.mean(corpus.vectors[:700] @ corpus.vectors[700:1400].T):.3f} "
+          f"synthetic {np.mean(sample[:1000] @ sample[1000:].T):.3f}; {len(queries)} real questions", flush=True)
+    depth = settings.retrieval.candidates
+    stores = {"flat": StoreSettings(index="flat"), "auto": StoreSettings(index="auto"),
+              "milvus": StoreSettings(backend="milvus")}
+    backends = ["flat"] + [b for b in args.backends.split(",") if b != "flat"]
+    rows = []
+    header = (f"{'chunks':>8} | {'index':<12} | {'build s':>7} | {'index MB':>8} | {'RSS +MB':>7} | {'peak +MB':>8} | "
+              f"{'p50 ms':>6} | {'p95 ms':>6} | recall@10")
+    print(header, flush=True)
+    for size in [int(s) for s in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            path = Path(tmp) / "kb"
+            insert = build_kb(path, size, corpus)
+            print(f"{size:>8} | kb.sqlite written in {insert:.1f} s "
+                  f"({(path / 'kb.sqlite').stat().st_size / 2**30:.2f} GiB)", flush=True)
+            exact = None
+            for name in backends:
+                if name == "milvus" and size > args.milvus_max:
+                    print(f"{size:>8} | {'milvus-lite':<12} | skipped (--milvus-max {args.milvus_max})", flush=True)
+                    continue
+                (path / "vectors.faiss").unlink(missing_ok=True)  # each index is built from kb.sqlite
+                row, top10 = measure(path, stores[name], queries, exact, depth)
+                if name == "flat":
+                    exact = top10
+                row = {"chunks": size, "setting": name, **row}
+                rows.append(row)
+                label = f"{name}:{row['index']}" if name != "milvus" else "milvus-lite"
+                cell = lambda v, w, f="": f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
+                print(f"{size:>8} | {label:<12} | {row['build_s']:>7.1f} | {cell(row['index_mb'], 8, '.1f')} | "
+                      f"{row['rss_growth_mb']:>7.1f} | {row['build_peak_mb']:>8.1f} | {row['p50_ms']:>6.2f} | "
+                      f"{row['p95_ms']:>6.2f} | {cell(row['recall_at_10'], 9, '.4f')}", flush=True)
+            if "milvus" in backends and size <= args.milvus_max:
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_all()  # before its folder is removed
+            if size <= args.bm25_max:
+                bm25 = {"chunks": size, "setting": "bm25", **measure_bm25(path)}
+                rows.append(bm25)
+                print(f"{size:>8} | bm25: {bm25['bm25_nonzeros']:,} non-zeros over {bm25['bm25_terms']:,} terms "
+                      f"(density {bm25['bm25_density']:.2e}), matrix {bm25['bm25_matrix_mb']} MB, "
+                      f"build peak +{bm25['bm25_peak_mb']} MB, {bm25['bm25_build_s']} s", flush=True)
+    print(json.dumps({"cpu": cpu_flags(), "spread": args.spread, "queries": len(queries), "rows": rows},
+                     ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
