@@ -176,14 +176,20 @@ class StoreSettings:
 class RetrievalSettings:
     top_k: int = 5
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    fusion: Literal["rrf", "weighted"] = "weighted"
-    # "weighted" (min-max normalised scores) keeps how far ahead a candidate is, which ranks throw away; RRF
-    # did no better on the dev sets and swung more between neighbouring settings (python -m retrieval.eval).
+    # Normalised scores summed with weights ("weighted": fixed, "adaptive": BM25's weight per question from how
+    # peaked its scores are, retrieval.fusion.lexical_share), or reciprocal ranks ("rrf"). Fixed
+    # weights fitted to questions written from the text lost to the embedding alone on everyday questions
+    # (python -m retrieval.eval on InsuranceQA; bench/README.md).
+    fusion: Literal["adaptive", "weighted", "rrf"] = "adaptive"
+    # fusion="adaptive": BM25's weight is lexical_base + lexical_slope * ln(best / 50th BM25 score), within
+    # [0.2, 0.9]; chosen on InsuranceQA valid, the dev sets and the look-alike judgments together.
+    lexical_base: float = 0.2
+    lexical_slope: float = 0.3
     # fusion="rrf" only: a small k lets first places count.
     rrf_k: int = 10
     # How many candidates each retriever contributes before fusion.
     candidates: int = 50
-    # Weight of the dense list in fusion; BM25, the stronger signal on Chinese legal text for e5-small, gets the rest.
+    # fusion="weighted" and "rrf": the dense list's weight; BM25 gets the rest.
     dense_weight: float = 0.4
     # Optional reranker: None, or a cross-encoder model id / local path (sentence-transformers CrossEncoder).
     reranker: str | None = None

@@ -144,10 +144,12 @@ class Retriever:
 
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
+        chunk_count = None
         if mode in ("hybrid", "dense"):
             dense = self.kb.dense_search(query_vector, depth, document_ids)
         if mode in ("hybrid", "bm25"):
             index = self._lexical_index()
+            chunk_count = len(index)
             allowed = None
             if document_ids is not None:
                 allowed = np.isin(index.chunk_ids, self.kb.chunk_ids(document_ids))
@@ -158,7 +160,7 @@ class Retriever:
         elif mode == "bm25":
             ranked = lexical
         else:
-            ranked = self.fuse(dense, lexical)
+            ranked = self.fuse(dense, lexical, chunk_count)
 
         keep = depth if self.reranker else k
         hits = self._to_hits(ranked[: max(keep * 2, 20)], query_vector, dict(dense), dict(lexical))
@@ -192,9 +194,18 @@ class Retriever:
             self._openings[key] = document_opening(first[0].text, first[0].heading, chars) if first else ""
         return self._openings[key]
 
-    def fuse(self, dense: list[tuple[int, float]], lexical: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """The dense and BM25 lists as one, by the configured fusion and weights."""
+    def fuse(self, dense: list[tuple[int, float]], lexical: list[tuple[int, float]], chunk_count: int | None = None
+             ) -> list[tuple[int, float]]:
+        """The dense and BM25 lists as one, by the configured fusion and weights (``chunk_count``: the knowledge
+        base's, when the caller has it at hand)."""
         weights = [self.settings.dense_weight, 1.0 - self.settings.dense_weight]
+        if self.settings.fusion == "adaptive":
+            # Fewer chunks than candidates: compare with the last one.
+            chunk_count = self.kb.chunk_count() if chunk_count is None else chunk_count
+            reference = max(2, min(self.settings.candidates, chunk_count - 1))
+            share = fusion.lexical_share([s for _, s in lexical], reference, base=self.settings.lexical_base,
+                                         slope=self.settings.lexical_slope)
+            return fusion.weighted([dense, lexical], weights=[1.0 - share, share], from_zero=[False, True])
         if self.settings.fusion == "rrf":
             return fusion.rrf([dense, lexical], k=self.settings.rrf_k, weights=[2 * w for w in weights])
         return fusion.weighted([dense, lexical], weights=weights)
