@@ -42,7 +42,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -380,16 +380,9 @@ class Server:
         try:
             answerer = service.answerer(ticket.settings, ticket.kb_path)
             stream = answerer.stream(ticket.question, ticket.history, k=ticket.settings.retrieval.top_k)
-            draft: list[str] = []
-            pieces = iter(stream)
-            try:
-                for piece in pieces:
-                    if stop.is_set():
-                        return
-                    draft.append(piece)
-                    emit("piece", piece)
-            finally:
-                pieces.close()  # stops the generation on the compute thread at its next token
+            draft = _relay(stream, stop, emit)
+            if draft is None:
+                return
             tokenizer = answerer.loaded.tokenizer
             prompt = stream.prepared.prompt
             prompt_tokens = len(tokenizer(prompt)["input_ids"]) if prompt else 0
@@ -419,16 +412,9 @@ class Server:
                                     f"{limit:,} (llm.max_prompt_tokens): send fewer or shorter ones",
                                param="messages", code="context_length_exceeded")
             options = decode_options(ticket.settings.llm, loaded)
-            draft: list[str] = []
-            pieces = iter(stream_from_compute_thread(loaded, lambda: generate(loaded, prompt, options)))
-            try:
-                for piece in pieces:
-                    if stop.is_set():
-                        return
-                    draft.append(piece)
-                    emit("piece", piece)
-            finally:
-                pieces.close()
+            draft = _relay(stream_from_compute_thread(loaded, lambda: generate(loaded, prompt, options)), stop, emit)
+            if draft is None:
+                return
             text = "".join(draft)
             completion_tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
             emit("answer", (text, {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -584,6 +570,22 @@ def message_text(message: ChatMessage, index: int) -> str:
                            param=f"messages.{index}.content", code="invalid_value")
         texts.append(part["text"])
     return "\n".join(texts)
+
+
+def _relay(pieces: Iterable[str], stop: threading.Event, emit) -> list[str] | None:
+    """Emit each piece as it comes and return them all; None once the client has gone (``stop``). Closing the
+    stream stops the generation on the compute thread at its next token."""
+    draft: list[str] = []
+    pieces = iter(pieces)
+    try:
+        for piece in pieces:
+            if stop.is_set():
+                return None
+            draft.append(piece)
+            emit("piece", piece)
+    finally:
+        pieces.close()
+    return draft
 
 
 def client_of(request: Request) -> str:
