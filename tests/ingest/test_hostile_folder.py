@@ -39,7 +39,8 @@ def assert_consistent(kb_path: Path) -> None:
         assert sum(d.chunks for d in kb.documents()) == kb.chunk_count()
         ids, vectors = kb.vectors()
         assert len(ids) == kb.chunk_count() and np.isfinite(vectors).all()
-        assert np.array_equal(np.sort(faiss.vector_to_array(kb._faiss_index().id_map)), ids)
+        held = faiss.vector_to_array(kb._vector_index().index.id_map)  # the FAISS index the store searches
+        assert np.array_equal(np.sort(held), ids)
     finally:
         kb.close()
 
