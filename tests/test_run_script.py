@@ -38,7 +38,8 @@ def test_run_script_ingests_the_samples_and_stops_before_the_app(tmp_path, local
                               stderr=subprocess.PIPE, text=True)
     try:
         models = local_server.wait_json(f"http://127.0.0.1:{port}/v1/models", server, timeout=300, poll=0.5)
-        assert [m["id"] for m in models["data"]] == ["default"]
+        # The knowledge base, then the model and the embedding model the server also serves by name.
+        assert [m["id"] for m in models["data"]] == ["default", "qwen2.5-0.5b", "multilingual-e5-small"]
     finally:
         server.terminate()
         server.wait(30)
