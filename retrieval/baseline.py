@@ -9,31 +9,29 @@ its machinery there. Windows come back as ``Hit``s whose chunk spans the pages t
 
 from __future__ import annotations
 
-import re
+from bisect import bisect_left, bisect_right
 from collections import Counter
 
 import numpy as np
 from scipy import sparse
 
 from kbcore.store import KnowledgeBase
-from kbcore.text import normalize
 from kbcore.types import Chunk, Hit
+from retrieval.harness import _norm
+from retrieval.retriever import _join_overlapping
 
 WINDOW = 300
 STRIDE = 150
-_SPACE = re.compile(r"\s+")
 
 
 def bigrams(text: str) -> list[str]:
     """Every pair of adjacent characters, after NFKC, lower-casing and removing whitespace."""
-    text = _SPACE.sub("", normalize(text))
+    text = _norm(text).lower()
     return [text[i:i + 2] for i in range(len(text) - 1)]
 
 
 def windows(chunks: list[Chunk]) -> list[Chunk]:
     """One document's text (its chunks, in order, joined without their overlaps) cut into windows."""
-    from retrieval.retriever import _join_overlapping
-
     text, starts = "", []
     for chunk in chunks:
         text = _join_overlapping(text, chunk.text)
@@ -43,8 +41,8 @@ def windows(chunks: list[Chunk]) -> list[Chunk]:
         offsets.append(len(text) - WINDOW)
     out = []
     for start in offsets:
-        first = max(i for i, s in enumerate(starts) if s <= start) if starts[0] <= start else 0
-        last = max(i for i, s in enumerate(starts) if s < start + WINDOW)
+        first = bisect_right(starts, start) - 1  # the chunk the window starts in (starts[0] is 0)
+        last = bisect_left(starts, start + WINDOW) - 1  # the last chunk that starts inside it
         head = chunks[first]
         out.append(Chunk(0, head.document_id, head.source, len(out), head.page_start,
                          chunks[last].page_end, "", text[start:start + WINDOW]))

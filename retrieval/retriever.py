@@ -144,12 +144,10 @@ class Retriever:
 
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
-        chunk_count = None
         if mode in ("hybrid", "dense"):
             dense = self.kb.dense_search(query_vector, depth, document_ids)
         if mode in ("hybrid", "bm25"):
             index = self._lexical_index()
-            chunk_count = len(index)
             allowed = None
             if document_ids is not None:
                 allowed = np.isin(index.chunk_ids, self.kb.chunk_ids(document_ids))
@@ -160,7 +158,7 @@ class Retriever:
         elif mode == "bm25":
             ranked = lexical
         else:
-            ranked = self.fuse(dense, lexical, chunk_count)
+            ranked = self.fuse(dense, lexical)
 
         keep = depth if self.reranker else k
         hits = self._to_hits(ranked[: max(keep * 2, 20)], query_vector, dict(dense), dict(lexical))
@@ -194,15 +192,12 @@ class Retriever:
             self._openings[key] = document_opening(first[0].text, first[0].heading, chars) if first else ""
         return self._openings[key]
 
-    def fuse(self, dense: list[tuple[int, float]], lexical: list[tuple[int, float]], chunk_count: int | None = None
-             ) -> list[tuple[int, float]]:
-        """The dense and BM25 lists as one, by the configured fusion and weights (``chunk_count``: the knowledge
-        base's, when the caller has it at hand)."""
+    def fuse(self, dense: list[tuple[int, float]], lexical: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The dense and BM25 lists as one, by the configured fusion and weights."""
         weights = [self.settings.dense_weight, 1.0 - self.settings.dense_weight]
         if self.settings.fusion == "adaptive":
-            # Fewer chunks than candidates: compare with the last one.
-            chunk_count = self.kb.chunk_count() if chunk_count is None else chunk_count
-            reference = max(2, min(self.settings.candidates, chunk_count - 1))
+            # Fewer chunks than candidates: compare with the last one. The BM25 index (cached) holds every chunk.
+            reference = max(2, min(self.settings.candidates, len(self._lexical_index()) - 1))
             share = fusion.lexical_share([s for _, s in lexical], reference, base=self.settings.lexical_base,
                                          slope=self.settings.lexical_slope)
             return fusion.weighted([dense, lexical], weights=[1.0 - share, share], from_zero=[False, True])
