@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import cpu_flags  # noqa: E402
 
 QA = ROOT.parent / "shared" / "eval" / "qa" / "regulations.jsonl"
 KEY = "bench-key"
@@ -38,17 +39,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def cpu_flags() -> str:
-    flags = set()
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and model == "?":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
-    return f"{model} ({os.cpu_count()} cores): " + " ".join(f for f in wanted if f in flags)
 
 
 def questions(kb_path: Path, count: int) -> list[str]:

@@ -1,6 +1,7 @@
 """Ingest benchmark: a first ingest of a folder into a fresh knowledge base, then an unchanged re-ingest.
 
     .venv/bin/python bench/bench_ingest.py [DOCS] [--config FILE] [--runs N] [--kb KB_DIR]
+    .venv/bin/python bench/bench_ingest.py [DOCS] --precisions fp32,auto [--rounds 2] [--qa QA.jsonl ...]
 
 DOCS defaults to ../shared/eval/docs. Prints pages/s, chunks/s and characters/s for both runs and the time
 of each stage (scan = walk + hash, parse, ocr = rendering and reading scanned pages, clean, split, tokens =
@@ -11,6 +12,11 @@ runs in a helper thread beside embedding, so stage times can add up to more than
 "non-emb" is the share of wall-clock time not spent embedding. Loading the embedding model is timed on its
 own and is not part of either run. Goals on a 2-core CPU:
 first ingest <= 45 s, everything but embedding < 10 % of it, unchanged re-ingest >= 500 pages/s.
+
+``--precisions`` compares embedding precisions instead: a first ingest into a fresh knowledge base under each,
+alternating for ``--rounds`` rounds on the same machine (medians shown), embedding chunks/s relative to the
+first precision listed, then retrieval quality (hybrid hit@1 / hit@5 / MRR@10) of each knowledge base on each
+``--qa`` set (default: every set in ../shared/eval/qa). The CPU's flags are printed; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -44,8 +50,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1, help="re-ingest runs to time (best is shown too)")
     ap.add_argument("--kb", type=Path, help="build the knowledge base here and keep it (a new folder; default: a "
                                             "temporary one)")
+    ap.add_argument("--precisions", help="compare embedding precisions, e.g. fp32,auto (auto: what the CPU gets "
+                                         "by default)")
+    ap.add_argument("--rounds", type=int, default=2, help="with --precisions: first ingests per precision")
+    ap.add_argument("--qa", type=Path, action="append", help="with --precisions: QA sets for retrieval quality")
     args = ap.parse_args()
     settings = load_settings(args.config)
+    if args.precisions:
+        return compare_precisions(args, settings)
 
     from kbcore.embedding import load_embedder
 
@@ -81,6 +93,55 @@ def main() -> int:
           f"{sum(r.ocr_pages for r in again)}")
     for failure in first.failures:
         print(f"FAILED {failure.source}: {failure.reason}")
+    return 0
+
+
+def compare_precisions(args, settings) -> int:
+    import dataclasses
+    import json
+    import statistics
+
+    from common import cpu_flags
+    from kbcore.embedding import load_embedder, resolve_device, resolve_precision
+    from retrieval.harness import evaluate, load_qa
+    from retrieval.retriever import open_retriever
+
+    qa_files = args.qa or sorted((REPO.parent / "shared" / "eval" / "qa").glob("*.jsonl"))
+    configs = {}
+    for name in args.precisions.split(","):
+        embedding = dataclasses.replace(settings.embedding, precision=name.strip())
+        configs[name] = dataclasses.replace(settings, embedding=embedding)
+        resolved = resolve_precision(embedding, resolve_device(embedding))
+        load_embedder(embedding, settings.cache_dir).embed_passages(["预热"])
+        print(f"{name}: runs as {resolved}", flush=True)
+    print(f"CPU: {cpu_flags()}; docs {args.docs}", flush=True)
+    embed_s = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        for round_ in range(max(1, args.rounds)):
+            for name, config in configs.items():
+                kb = Path(tmp) / f"{name}-{round_}"
+                report = ingest_folder(args.docs, config, kb_path=kb)
+                embed_s[name].append((report.stage_seconds["embed"], report.chunks_embedded, report.seconds))
+                print(f"round {round_ + 1} {name}: first ingest {report.seconds:.1f} s, embedding "
+                      f"{report.stage_seconds['embed']:.1f} s for {report.chunks_embedded} chunks", flush=True)
+        rows, base = [], None
+        print(f"\n{'precision':<10} {'ingest s':>9} {'embed s':>8} {'chunks/s':>9} {'vs ' + next(iter(configs)):>9}"
+              + "".join(f" {Path(q).stem[:18]:>20}" for q in qa_files))
+        for name, config in configs.items():
+            seconds = statistics.median(e for e, _, _ in embed_s[name])
+            chunks = embed_s[name][0][1]
+            base = base or seconds
+            retriever = open_retriever(config, Path(tmp) / f"{name}-0")
+            quality = {}
+            for qa in qa_files:
+                metrics = evaluate(lambda q, k: retriever.search(q, k), load_qa(qa), (1, 5, 10)).as_dict()
+                quality[Path(qa).stem] = {k: round(metrics[k], 3) for k in ("hit@1", "hit@5", "mrr@10")}
+            rows.append({"precision": name, "ingest_s": round(statistics.median(t for _, _, t in embed_s[name]), 1),
+                         "embed_s": round(seconds, 1), "chunks_per_s": round(chunks / seconds, 1),
+                         "speedup": round(base / seconds, 2), "quality": quality})
+            print(f"{name:<10} {rows[-1]['ingest_s']:>9} {seconds:>8.1f} {chunks / seconds:>9.1f} {base / seconds:>8.2f}x"
+                  + "".join(f" {q['hit@1']:.3f}/{q['hit@5']:.3f}/{q['mrr@10']:.3f}" for q in quality.values()))
+    print(json.dumps({"cpu": cpu_flags(), "docs": str(args.docs), "rounds": args.rounds, "rows": rows}))
     return 0
 
 

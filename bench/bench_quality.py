@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import cpu_flags  # noqa: E402
 FACTS = ROOT / "tests" / "data" / "answers" / "facts.jsonl"
 
 
@@ -101,12 +102,6 @@ def native_bf16() -> bool:
     return torch.cuda.is_available() or cpu_has_native_bf16()
 
 
-def cpu_flags() -> str:
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return "?"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags)
 
 
 def main() -> None:

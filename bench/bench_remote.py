@@ -27,17 +27,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import cpu_flags  # noqa: E402
 
 QA = ROOT.parent / "shared" / "eval" / "qa" / "regulations.jsonl"
 KEY = "bench-remote-key"
 
 
-def cpu_flags() -> str:
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    text = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return f"{model}; {os.cpu_count()} cores; " + " ".join(f for f in wanted if f in flags)
 
 
 def percentile(values: list[float], q: float) -> float:

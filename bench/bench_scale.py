@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import cpu_flags  # noqa: E402
 
 from kbcore.config import StoreSettings, load_settings  # noqa: E402
 from kbcore.store import KnowledgeBase, NewChunk  # noqa: E402
@@ -43,15 +43,6 @@ EVAL = ROOT.parent / "shared" / "eval"
 PER_DOC = 1000
 
 
-def cpu_flags() -> str:
-    model, flags = "", set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name") and not model:
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vp2intersect"]
-    return f"{model}, {os.cpu_count()} cores: " + " ".join(f for f in wanted if f in flags)
 
 
 def rss() -> int:

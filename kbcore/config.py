@@ -50,10 +50,12 @@ class EmbeddingSettings:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
-    # "auto": fp32 on CPU (int8 drifted past tolerance, bf16 is emulated on AVX2 CPUs; bench/bench_embed.py), fp16
-    # on CUDA.
+    # "auto": on the CPU bf16 where it multiplies bf16 natively (AVX512-BF16, AMX), else fp32; fp16 on CUDA
+    # (bench/bench_embed.py).
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Texts per forward pass on CUDA and for sentence-transformers; the torch backend on the CPU runs one window
+    # at a time (no padding, and vectors that do not depend on the batch).
     batch_size: int = 32
     # e5-style models need these prefixes; presets fill them in, other models usually need none. Backend "openai"
     # adds them to the texts it sends, as the local backends do (a server serving e5 under another name needs them

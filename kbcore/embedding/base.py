@@ -54,10 +54,17 @@ E5_SMALL = Preset("multilingual-e5-small", 384, "query: ", "passage: ")
 PRESETS = {E5_SMALL.model_id: E5_SMALL}
 
 Precision = Literal["fp32", "bf16", "int8", "fp16"]
-# fp32 on CPUs: int8 drifted from the reference at no speed gain and bf16 is emulated without AVX512-BF16
-# (bench/bench_embed.py; figures in bench/README.md).
-DEFAULT_CPU_PRECISION: Precision = "fp32"
 DEFAULT_CUDA_PRECISION: Precision = "fp16"
+
+
+def default_cpu_precision() -> Precision:
+    """bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32: emulated bf16 is slower than
+    fp32, and int8 drifted from the reference with vectors that changed with the batch (bench/bench_embed.py)."""
+    import torch
+
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"
 
 
 def resolve_prefixes(settings: EmbeddingSettings) -> tuple[str, str]:
