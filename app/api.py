@@ -14,7 +14,7 @@ OpenAI-compatible, so the official clients work unchanged (``base_url=http://127
   query or passage prefix (as another kbchat's ``embedding.backend = "openai"`` sends it) is embedded as it is.
 
 Knowledge-base management lives outside ``/v1`` (``/kbs``, ``/jobs``), ``GET /health`` says whether the model is
-loaded, and ``/docs`` is the OpenAPI page. Everything a request does is a call into ``app.service`` and
+loaded and the model servers the settings name answer, and ``/docs`` is the OpenAPI page. Everything a request does is a call into ``app.service`` and
 ``app.state``, the same functions the Streamlit app calls.
 
 Why the checks sit where they do: one model serves every request and generates one answer at a time (the compute
@@ -627,8 +627,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ------------------------------------------------------------ health
     @api.get("/health", tags=["service"])
     def health():
-        """Liveness (it answers) and readiness (``ready``: the model is loaded)."""
-        return {"status": "ok", "ready": service.model_is_loaded(settings), "model": settings.llm.model,
+        """Liveness (it answers) and readiness (``ready``: the model is loaded, and every OpenAI-compatible server
+        the settings use answers and serves the model asked for: ``upstream``)."""
+        upstream = service.upstreams(settings)
+        ready = service.model_is_loaded(settings) and all(u["served"] for u in upstream.values())
+        return {"status": "ok", "ready": ready, "upstream": upstream, "model": settings.llm.model,
                 "loading": server.loading, "model_error": server.model_error,
                 "generations": {"running": int(server.queue.busy), "queued": server.queue.waiting, **server.counts},
                 "ingest_jobs": server.jobs.pending()}

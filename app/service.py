@@ -83,6 +83,32 @@ def model_is_loaded(settings: Settings) -> bool:
     return is_loaded(settings.llm, settings.cache_dir, settings.adapters_dir)
 
 
+def upstreams(settings: Settings, timeout: float = 3.0) -> dict:
+    """For each stage an OpenAI-compatible server runs (``llm`` / ``embedding`` with backend "openai"): its URL,
+    whether it answered ``GET /models`` within ``timeout`` seconds, and whether it lists the model asked for. A
+    server that is down makes every question fail, so readiness must say so."""
+    from kbcore.remote import OpenAIClient, RemoteError
+
+    found = {}
+    for section in ("llm", "embedding"):
+        cfg = getattr(settings, section)
+        if cfg.backend != "openai":
+            continue
+        adapter = getattr(cfg, "adapter", None)
+        wanted = Path(adapter).name if adapter else cfg.model  # an adapter is served under its own name
+        try:
+            client = OpenAIClient(section, cfg.base_url, api_key=cfg.api_key, timeout=timeout)
+        except RemoteError as exc:
+            found[section] = {"base_url": cfg.base_url, "reachable": False, "model": wanted, "served": False,
+                              "error": str(exc)}
+            continue
+        served = client.models()
+        client.http.close()
+        found[section] = {"base_url": client.base_url, "reachable": served is not None, "model": wanted,
+                          "served": served is not None and wanted in served}
+    return found
+
+
 def answerer(settings: Settings, kb_path: Path):
     """An ``llm.Answerer`` over the knowledge base with the shared model: what both front ends ask."""
     from llm.answerer import Answerer

@@ -120,6 +120,27 @@ def test_the_error_reaches_whoever_asked_the_question(api, settings):
         answerer.answer("供应商应当具备什么条件？")
 
 
+def test_health_is_ready_only_while_the_model_server_answers_and_serves_the_model(api, local_server, tmp_path):
+    """/health of an API whose answers come from another server (here the real API above) follows that server."""
+    import httpx
+
+    from tests.app.test_api import serving
+
+    url, settings = api
+    front = settings.with_overrides(kb_root=str(tmp_path / "kb"),
+                                    llm={"backend": "openai", "base_url": f"{url}/v1", "api_key": KEY},
+                                    api={"api_keys": ()})
+    down = f"http://127.0.0.1:{local_server.free_port()}/v1"
+    cases = [(front, True, True), (front.with_overrides(llm={"model": "qwen-typo"}), True, False),
+             (front.with_overrides(llm={"base_url": down}), False, False)]
+    for case, reachable, served in cases:
+        with serving(case) as front_url:
+            health = httpx.get(f"{front_url}/health", timeout=30).json()
+        assert health["upstream"]["llm"]["reachable"] is reachable, health
+        assert health["upstream"]["llm"]["served"] is served and health["ready"] is served, health
+        assert "embedding" not in health["upstream"]  # the embedder runs here
+
+
 def test_the_estimated_prompt_size_is_above_what_the_real_tokenizer_counts(default_model_dir):
     """Prompts are fitted to llm.max_prompt_tokens with the estimate, so it must not count fewer tokens than the
     server's tokenizer (here Qwen2.5's, through its chat template) on real Chinese and English passages."""
