@@ -100,8 +100,9 @@ def existing_kb(kb_root: Path, name: str) -> Path:
 
 def delete_kb(kb_root: Path, name: str) -> None:
     """Remove the knowledge base ``name`` and its stored uploads. It is first renamed out of sight under its write
-    lock, so an ingest in progress is never cut off (``KnowledgeBaseBusyError``) and a crash halfway leaves either
-    the whole knowledge base or a hidden folder, never half of one."""
+    lock, so an ingest's write in progress is never cut off (``KnowledgeBaseBusyError``) and a crash halfway leaves
+    either the whole knowledge base or a hidden folder, never half of one. An ingest that is parsing (it holds the
+    lock only to write) stops at its next write with ``KnowledgeBaseError``."""
     path = existing_kb(kb_root, name)
     hidden = path.with_name(f".deleted-{name}-{os.getpid()}-{os.urandom(4).hex()}")
     if KnowledgeBase.exists(path):

@@ -12,9 +12,25 @@ bytes) decides the work:
   opened, so a folder cannot pull in a file from elsewhere or hang the run;
 - with ``prune=True``, documents whose file is gone from the folder are deleted.
 
-The whole run holds the knowledge base's write lock, so a second ingest at the same time is refused
-(``KnowledgeBaseBusyError``) instead of interleaving. Each document is its own transaction, so a killed run
-leaves every document either in its old or its new state.
+The knowledge base's write lock is held only to write. Reading, hashing, parsing, OCR, cleaning, splitting,
+BM25 tokenising and embedding run without it, against what was stored when the run began (one read of the
+documents, which also decides what is unchanged). The lock is taken once per batch of files ready to store (a
+batch fills up to ``EMBED_SLICE`` chunks) and once at the end (documents pruned, chunk settings recorded, the
+vector index caught up), each time waiting up to ``WRITE_WAIT_SECONDS`` for another writer before giving up
+with ``KnowledgeBaseBusyError``. So while one file is parsed, another ingest or a delete on the same knowledge
+base goes ahead; a writer that keeps the lock (``--rebuild``) still refuses the run. Writes by others during the
+run follow one rule, the later write wins, whole:
+
+- before a file is written, its stored row is read again under the lock; if another writer stored this same
+  content after the run began, the file is skipped (nothing is written twice); otherwise the run's version
+  replaces whatever is stored then, in one transaction. So a document deleted (or replaced) while the run was
+  parsing its file is stored again, complete, as the run read the file; to keep a document out, remove its file;
+- a document is pruned only if it is still the version the run saw (one stored again meanwhile is kept);
+- vectors reused from the store are read again, under the lock, if the knowledge base was re-embedded meanwhile.
+
+Each document is its own transaction, so a killed run leaves every document either in its old or its new state.
+A knowledge base deleted while the run parses (its folder renamed away) stops the run at its next write, with
+``KnowledgeBaseError``.
 
 Scanned PDF pages and image files are read by OCR (``ingest.ocr``) when ``settings.ingest.ocr`` is on; its
 results are also kept by the hash of each page's pixels in the knowledge base's ``ocr-cache`` folder, so a
@@ -26,6 +42,7 @@ so a re-run over an unchanged folder costs hashing and a database read.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import stat
@@ -44,7 +61,7 @@ from ingest.parse import ParseError, check_regular_file, is_supported, parse_fil
 from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
 from kbcore.hashing import stream_sha256
-from kbcore.store import KnowledgeBase, NewChunk, text_hash
+from kbcore.store import KnowledgeBase, KnowledgeBaseWriter, NewChunk, text_hash
 from kbcore.text import (PASSAGE_FORMAT, TOKENIZER_VERSION, chunk_tokens, openings, passage_text,
                          stored_opening_chars)
 
@@ -60,6 +77,9 @@ ProgressCallback = Callable[[int, int, str, "FileResult | None"], None]
 # on_embedded(n): called after each slice of n chunks is embedded (a long PDF takes a while).
 EmbeddedCallback = Callable[[int], None]
 EMBED_SLICE = 128
+# How long each write of an ingest (and a delete) waits for another writer to finish before it is refused with
+# KnowledgeBaseBusyError: writers hold the lock only to write, a batch of documents or a delete takes moments.
+WRITE_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,10 @@ class _LazyEmbedder:
         self._embedder = None
         self.load_seconds = 0.0
 
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
     def get(self):
         if self._embedder is None:
             from kbcore.embedding import load_embedder
@@ -209,13 +233,17 @@ def _walk(folder: Path) -> list[Path]:
     return found
 
 
+def _doc_id(doc) -> int | None:
+    """Ids are never reused and every write of a document gives it a new one: equal ids, same stored version."""
+    return doc.id if doc is not None else None
+
+
 @dataclass
 class _Prepared:
     """A file parsed, cleaned, split and tokenised, waiting for its vectors."""
 
     source: str
     digest: str
-    replaces: bool
     title: str
     pages: int
     chunks: list[TextChunk]
@@ -226,7 +254,8 @@ class _Prepared:
 
 
 class _Ingester:
-    """One ingest run over a list of (source, path) pairs, holding the write lock throughout."""
+    """One ingest run over a list of (source, path) pairs. It takes the write lock only to store a batch of
+    prepared files, and at the end to prune and record settings (see the module docstring)."""
 
     def __init__(self, kb: KnowledgeBase, settings: Settings, embedder: _LazyEmbedder,
                  progress: ProgressCallback | None, on_embedded: EmbeddedCallback | None = None,
@@ -253,6 +282,7 @@ class _Ingester:
             self.report.notes.append(f"chunking changed since this knowledge base was built ({was}): "
                                      f"every document is split again")
         self._stage_lock = threading.Lock()
+        self.wrote = False  # a write session of this run committed something (the index is then caught up at the end)
 
     def _timed(self, stage: str, started: float) -> float:
         """Add the time since ``started`` to a stage. Stages overlap (text work runs beside embedding), so
@@ -262,13 +292,22 @@ class _Ingester:
             self.report.stage_seconds[stage] += now - started
         return now
 
+    @contextlib.contextmanager
+    def _writing(self, last: bool = False):
+        """One write session; the vector index is caught up only in the run's last one."""
+        with self.kb.writer(wait_seconds=WRITE_WAIT_SECONDS, catch_up_index=last) as writer:
+            yield writer
+            if last and self.wrote:
+                writer.changed = True  # catch up what the earlier sessions wrote
+        self.wrote = self.wrote or writer.changed
+
     def run(self, files: Sequence[tuple[str, Path]], prune_sources: Iterable[str] = ()) -> IngestReport:
         """Prepare each file (hash, parse, clean, split, tokens) one file ahead in a helper thread while the
         main thread embeds and stores the current one: the model's matrix work releases the GIL, so the
-        text work mostly hides behind it. Writes stay on this thread, in file order."""
+        text work mostly hides behind it. Writes stay on this thread, in file order, each batch under the lock."""
         prune_sources = list(prune_sources)
         total = len(files) + len(prune_sources)
-        with self.kb.writer() as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-prepare") as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-prepare") as pool:
             # Files waiting for vectors: small files are embedded together, a batch of one or two chunks per
             # file leaves the embedder mostly idle (bench/bench_ingest.py, many small files).
             waiting: list[tuple[int, _Prepared]] = []
@@ -276,7 +315,13 @@ class _Ingester:
             def store_waiting() -> None:
                 if not waiting:
                     return
-                for (n, prepared), result in zip(waiting, self._store_all(writer, [p for _, p in waiting])):
+                batch = [p for _, p in waiting]
+                planned = self._vectors_for(batch)  # embedding, without the lock
+                started = time.perf_counter()
+                with self._writing() as writer:
+                    results = self._store_all(writer, batch, planned)
+                self._timed("store", started)
+                for (n, prepared), result in zip(waiting, results):
                     self.report.results.append(result)
                     self.progress(n + 1, total, prepared.source, result)
                 waiting.clear()
@@ -297,23 +342,35 @@ class _Ingester:
                 if sum(len(p.chunks) for _, p in waiting) >= EMBED_SLICE:
                     store_waiting()
             store_waiting()
-            for n, source in enumerate(prune_sources, start=len(files)):
-                self.progress(n, total, source, None)
-                started = time.perf_counter()
-                writer.delete_document(source)
-                self._timed("store", started)
-                doc = self.stored[source]
-                result = FileResult(source, "deleted", "file no longer in the folder", doc.pages, doc.chunks,
-                                    seconds=time.perf_counter() - started)
-                self.report.results.append(result)
-                self.progress(n + 1, total, source, result)
+        if prune_sources or self.changed_settings or self.wrote:
             started = time.perf_counter()
-            if self.changed_settings and not self.report.failures:
-                writer.set_settings(self.wanted_settings)
-        self._timed("store", started)  # the search index is rewritten when the writer closes
+            with self._writing(last=True) as writer:  # the search index is caught up when it closes
+                for n, source in enumerate(prune_sources, start=len(files)):
+                    self.progress(n, total, source, None)
+                    result = self._prune(writer, source)
+                    self.report.results.append(result)
+                    self.progress(n + 1, total, source, result)
+                if self.changed_settings and not self.report.failures:
+                    writer.set_settings(self.wanted_settings)
+            self._timed("store", started)
         if self.ocr is not None:
             self.report.ocr_pages, self.report.ocr_pages_cached = self.ocr.pages, self.ocr.cached
         return self.report
+
+    def _prune(self, writer: KnowledgeBaseWriter, source: str) -> FileResult:
+        """Delete a document whose file is gone, if it is still the version this run saw."""
+        started = time.perf_counter()
+        seen, current = self.stored[source], self.kb.document(source)
+        if current is None:
+            return FileResult(source, "skipped", "file no longer in the folder; already deleted by another writer",
+                              seconds=time.perf_counter() - started)
+        if current.id != seen.id:
+            return FileResult(source, "skipped", "file no longer in the folder, but another writer stored this "
+                              "document during the run; it is kept", current.pages, current.chunks,
+                              seconds=time.perf_counter() - started)
+        writer.delete_document(source)
+        return FileResult(source, "deleted", "file no longer in the folder", seen.pages, seen.chunks,
+                          seconds=time.perf_counter() - started)
 
     def _prepare(self, source: str, path: Path) -> "_Prepared | FileResult":
         """Everything before embedding; a FileResult when the file is done here (skipped or failed)."""
@@ -358,7 +415,7 @@ class _Ingester:
         except ParseError as exc:
             self._timed("parse", t)
             return failed(exc.reason)
-        except Exception as exc:  # a parser bug must cost one file, not the run (and the lock held meanwhile)
+        except Exception as exc:  # a parser bug must cost one file, not the run
             self._timed("parse", t)
             return failed(f"cannot be read: {type(exc).__name__}: {exc}")
         if not chunks:
@@ -371,7 +428,7 @@ class _Ingester:
         tokens = [chunk_tokens(c.heading, c.text, o) for c, o in zip(chunks, chunk_openings)]
         self._timed("tokens", t)
         same_bytes = previous is not None and previous.content_hash == digest
-        return _Prepared(source, digest, previous is not None, parsed.title, parsed.page_count, chunks,
+        return _Prepared(source, digest, parsed.title, parsed.page_count, chunks,
                          chunk_openings, tokens, t0,
                          "unchanged file, split again because chunking changed" if same_bytes else "")
 
@@ -382,9 +439,17 @@ class _Ingester:
                 self.report.stage_seconds["parse"] -= self.ocr.seconds - before
                 self.report.stage_seconds["ocr"] += self.ocr.seconds - before
 
-    def _store_all(self, writer, batch: list["_Prepared"]) -> list[FileResult]:
-        """Embed what the files lack in one go, then store each file in its own transaction."""
+    def _vectors_key(self) -> tuple[str, str, str]:
+        """What stored vectors are valid for: re-embedding (``--rebuild``) changes it."""
+        recorded = self.kb.settings()
+        return (recorded.get("embedding_model", ""), recorded.get("embedding_dimension", ""),
+                recorded.get("vectors_epoch", "0"))
+
+    def _vectors_for(self, batch: list["_Prepared"]) -> tuple[tuple[str, str, str], list[tuple[np.ndarray, int]]]:
+        """Each file's vectors (reused from the store where its chunks are unchanged, the rest embedded in one
+        go) and how many were embedded, with the vectors key they were read under. Needs no lock."""
         t = time.perf_counter()
+        key = self._vectors_key()
         plans = [self._reusable_vectors(p.source, p.chunks, p.openings) for p in batch]
         texts = [passage_text(p.chunks[i].heading, p.chunks[i].text, p.openings[i])
                  for p, (_, todo) in zip(batch, plans) for i in todo]
@@ -394,17 +459,30 @@ class _Ingester:
             vectors[todo] = embedded[offset:offset + len(todo)]
             offset += len(todo)
         self._timed("embed", t)
-        return [self._store(writer, p, vectors, len(todo)) for p, (vectors, todo) in zip(batch, plans)]
+        return key, [(vectors, len(todo)) for vectors, todo in plans]
 
-    def _store(self, writer, prepared: "_Prepared", vectors: np.ndarray, embedded: int) -> FileResult:
-        t = time.perf_counter()
+    def _store_all(self, writer: KnowledgeBaseWriter, batch: list["_Prepared"], planned) -> list[FileResult]:
+        """Store each file in its own transaction (under the lock)."""
+        key, vectors = planned
+        if self._vectors_key() != key:  # re-embedded since: a reused vector may be of the old model; redo
+            if self.embedder.loaded:
+                self.kb.check_embedding(self.embedder.get().model_id, self.embedder.get().dimension)
+            key, vectors = self._vectors_for(batch)
+        return [self._store(writer, p, v, n) for p, (v, n) in zip(batch, vectors)]
+
+    def _store(self, writer: KnowledgeBaseWriter, prepared: "_Prepared", vectors: np.ndarray,
+               embedded: int) -> FileResult:
+        current = self.kb.document(prepared.source)  # under the lock: what is stored now
+        if current is not None and current.content_hash == prepared.digest \
+                and _doc_id(current) != _doc_id(self.stored.get(prepared.source)):
+            return FileResult(prepared.source, "skipped", "unchanged (another writer stored this version during "
+                              "the run)", current.pages, current.chunks, seconds=time.perf_counter() - prepared.started)
         new_chunks = [NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text, tokens)
                       for c, tokens in zip(prepared.chunks, prepared.tokens)]
         writer.put_document(prepared.source, content_hash=prepared.digest, title=prepared.title,
                             pages=prepared.pages, chunks=new_chunks, vectors=vectors)
-        self._timed("store", t)
         self.report.characters += sum(len(c.text) for c in prepared.chunks)
-        status: FileStatus = "updated" if prepared.replaces else "added"
+        status: FileStatus = "updated" if current is not None else "added"
         return FileResult(prepared.source, status, prepared.reason, prepared.pages, len(prepared.chunks), embedded,
                           seconds=time.perf_counter() - prepared.started)
 
@@ -491,7 +569,7 @@ def delete_document(kb: KnowledgeBase | str | os.PathLike, source: str) -> bool:
     own = not isinstance(kb, KnowledgeBase)
     kb = KnowledgeBase(kb) if own else kb
     try:
-        with kb.writer() as writer:
+        with kb.writer(wait_seconds=WRITE_WAIT_SECONDS) as writer:  # an ingest holds the lock only to write
             return writer.delete_document(source)
     finally:
         if own:

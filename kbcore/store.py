@@ -120,8 +120,18 @@ def _recorded_store(value: str | None) -> StoreSettings:
         return StoreSettings()
 
 
+def _file_identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _document_from_row(r: sqlite3.Row) -> Document:
+    return Document(id=r["id"], source=r["source"], content_hash=r["content_hash"], title=r["title"],
+                    pages=r["pages"], chunks=r["chunks"], updated_at=r["updated_at"])
 
 
 def _chunk_from_row(row: sqlite3.Row) -> Chunk:
@@ -159,6 +169,7 @@ class KnowledgeBase:
         self._index = open_vector_index(self.store_settings)
         self._index_generation = -1
         self._writing = False  # this instance holds the write lock (KnowledgeBase.writer)
+        self._db_identity = _file_identity(db)  # a writer checks the folder still holds this database
 
     # ---------------------------------------------------------------- creation and settings
     @classmethod
@@ -218,11 +229,12 @@ class KnowledgeBase:
     def documents(self) -> list[Document]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM documents ORDER BY source").fetchall()
-        return [Document(id=r["id"], source=r["source"], content_hash=r["content_hash"], title=r["title"],
-                         pages=r["pages"], chunks=r["chunks"], updated_at=r["updated_at"]) for r in rows]
+        return [_document_from_row(r) for r in rows]
 
     def document(self, source: str) -> Document | None:
-        return next((d for d in self.documents() if d.source == source), None)
+        with self._lock:
+            r = self._db.execute("SELECT * FROM documents WHERE source = ?", (source,)).fetchone()
+        return None if r is None else _document_from_row(r)
 
     def chunk_count(self) -> int:
         with self._lock:
@@ -390,19 +402,30 @@ class KnowledgeBase:
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
-    def writer(self, *, wait_seconds: float = 0.0) -> Iterator["KnowledgeBaseWriter"]:
+    def writer(self, *, wait_seconds: float = 0.0, catch_up_index: bool = True) -> Iterator["KnowledgeBaseWriter"]:
         """Exclusive write access. A second writer (another process or thread) waits up to ``wait_seconds``,
-        then gets ``KnowledgeBaseBusyError``; it never interleaves with the first."""
+        then gets ``KnowledgeBaseBusyError``; it never interleaves with the first.
+
+        When the session has changed something (``writer.changed``), the derived vector index is caught up as it
+        closes (``vectors.faiss`` rewritten). ``catch_up_index=False`` leaves that to a later session or to the next
+        search (an index behind the database is caught up, never trusted), so a run of many short sessions (an
+        ingest takes the lock once per batch of files) pays for it once, in its last session."""
         if self.readonly:
             raise KnowledgeBaseError(f"knowledge base {self.path} is open read-only")
         with self._write_lock(wait_seconds), self._lock:
+            try:
+                same = _file_identity(self.path / DB_FILE) == self._db_identity
+            except OSError:
+                same = False
+            if not same:  # e.g. the app deleted (renamed away) the knowledge base while this one was open
+                raise KnowledgeBaseError(f"knowledge base {self.path} was deleted or replaced while it was open")
             self._writing = True
             writer = KnowledgeBaseWriter(self)
             try:
                 yield writer
             finally:
                 try:
-                    if writer.changed:
+                    if writer.changed and catch_up_index:
                         self._vector_index()  # catch the index up (and rewrite vectors.faiss) once for the batch
                 finally:
                     self._writing = False
@@ -411,7 +434,10 @@ class KnowledgeBase:
     def _write_lock(self, wait_seconds: float) -> Iterator[None]:
         """The knowledge base's file lock, held by one writer (process or thread) at a time."""
         lock_path = self.path / LOCK_FILE
-        fh = open(lock_path, "a+")
+        try:
+            fh = open(lock_path, "a+")
+        except FileNotFoundError:
+            raise KnowledgeBaseError(f"knowledge base {self.path} is gone (deleted or moved while it was open)") from None
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
@@ -449,7 +475,7 @@ class KnowledgeBaseWriter:
     def __init__(self, kb: KnowledgeBase):
         self.kb = kb
         self.db = kb._db
-        self.changed = False
+        self.changed = False  # a transaction committed in this session (the index is caught up when it closes)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

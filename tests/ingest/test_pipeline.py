@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -206,6 +207,102 @@ def test_a_second_writer_is_refused(tmp_path, eval_dir, settings, embedder):
         assert run.returncode == 2 and "being written" in run.stderr
     assert kb.documents() == []
     kb.close()
+
+
+def _assert_consistent(kb_path: Path) -> None:
+    """Documents, chunks, stored vectors, the vectors.faiss file and the index the store searches agree."""
+    import faiss
+
+    kb = KnowledgeBase(kb_path, readonly=True)
+    try:
+        assert sum(d.chunks for d in kb.documents()) == kb.chunk_count()
+        ids, vectors = kb.vectors()
+        assert len(ids) == kb.chunk_count() and np.isfinite(vectors).all()
+        on_disk = kb._index._read(kb, kb._vectors_epoch())  # as the last writer left it, not caught up here
+        assert on_disk is not None and np.array_equal(np.sort(faiss.vector_to_array(on_disk.id_map)), ids)
+        assert np.array_equal(np.sort(faiss.vector_to_array(kb._vector_index().index.id_map)), ids)
+    finally:
+        kb.close()
+
+
+def test_a_file_being_parsed_holds_no_write_lock(tmp_path, settings, embedder):
+    """While one ingest parses a slow file, the lock is free: a delete (refused at once if the lock were held)
+    and an ingest of another folder into the same knowledge base go ahead. Afterwards the run stores what it
+    read whole (a document deleted meanwhile comes back complete), writes nothing twice (a file another
+    writer stored meanwhile with the same bytes is skipped), and documents, chunks and vectors agree."""
+    docs, other, kb_path = tmp_path / "docs", tmp_path / "other", tmp_path / "kb"
+    docs.mkdir()
+    other.mkdir()
+    (docs / "gone.md").write_text("# 乙\n\n这份文件在入库时被删除。\n", encoding="utf-8")
+    (docs / "keep.md").write_text("# 甲\n\n这份文件一直不变。\n", encoding="utf-8")
+    (docs / "note.md").write_text(NOTE, encoding="utf-8")
+    assert ingest_folder(docs, settings, kb_path=kb_path).count("added") == 3
+    # Seconds of parsing (19 MB of empty tags, under the 20 MB a text file may have), then one short chunk.
+    (docs / "a_slow.html").write_text("<p>慢慢读完的文件。</p>" + "<b></b>" * 2_700_000, encoding="utf-8")
+    (docs / "b_same.md").write_text("# 丙\n\n两次入库的同一份文件。\n", encoding="utf-8")
+    (docs / "note.md").write_text(NOTE.replace(OLD_SENTENCE, NEW_SENTENCE), encoding="utf-8")
+    shutil.copy(docs / "b_same.md", other / "b_same.md")
+    (other / "c_new.md").write_text("# 丁\n\n另一个文件夹里的文件。\n", encoding="utf-8")
+
+    parsing, parsed, other_done, out = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def progress(done, total, source, result):
+        if (source, result) == ("a_slow.html", None):
+            parsing.set()
+        if (source, result) == ("b_same.md", None):  # a_slow.html is parsed; b_same.md waits for the other folder
+            parsed.set()
+            assert other_done.wait(300)
+
+    def run():
+        try:
+            out["report"] = ingest_folder(docs, settings, kb_path=kb_path, progress=progress)
+        except BaseException as exc:  # noqa: BLE001  (shown by the assertion below)
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert parsing.wait(120)
+        kb = KnowledgeBase(kb_path)
+        try:
+            # No waiting for the lock: KnowledgeBaseBusyError at once if the ingest held it.
+            with kb.writer() as writer:
+                assert writer.delete_document("gone.md") and writer.delete_document("note.md")
+            attempts = 0
+            while not parsed.is_set():  # at every moment of the parse the lock is free
+                with kb.writer():
+                    attempts += 1
+                time.sleep(0.05)
+            assert attempts >= 5  # seconds of parsing went by meanwhile
+        finally:
+            kb.close()
+        beside = ingest_folder(other, settings, kb_path=kb_path)  # while the run waits between files
+        assert [(r.source, r.status) for r in beside.results] == [("b_same.md", "added"), ("c_new.md", "added")]
+        kb = KnowledgeBase(kb_path, readonly=True)
+        stored_beside = kb.document("b_same.md")
+        kb.close()
+    finally:
+        other_done.set()
+        thread.join(300)
+    assert not thread.is_alive() and "error" not in out, out.get("error")
+    statuses = {r.source: (r.status, r.reason) for r in out["report"].results}
+    assert statuses == {
+        "a_slow.html": ("added", ""),
+        "b_same.md": ("skipped", "unchanged (another writer stored this version during the run)"),
+        "gone.md": ("skipped", "unchanged"),  # decided by what was stored when the run began: stays deleted
+        "keep.md": ("skipped", "unchanged"),
+        "note.md": ("added", ""),  # deleted while the run read it: stored again, whole, as the run read it
+    }
+    kb = KnowledgeBase(kb_path, readonly=True)
+    try:
+        assert [d.source for d in kb.documents()] == ["a_slow.html", "b_same.md", "c_new.md", "keep.md", "note.md"]
+        assert kb.document("b_same.md") == stored_beside  # written once, by the other ingest
+        assert [c.text for c in kb.chunks("a_slow.html")] == ["慢慢读完的文件。"]
+        note = " ".join(c.text for c in kb.chunks("note.md"))
+        assert NEW_SENTENCE in note and OLD_SENTENCE not in note
+    finally:
+        kb.close()
+    _assert_consistent(kb_path)
 
 
 def test_embedding_mismatch_then_rebuild(tmp_path, settings, embedder):

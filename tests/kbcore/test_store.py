@@ -188,6 +188,32 @@ def test_second_writer_is_refused_while_the_first_writes(local_kb):
     assert os.path.exists(kb.path / "lock")
 
 
+def test_a_writer_refuses_a_knowledge_base_deleted_or_replaced_while_open(local_kb):
+    """Writers hold the lock only to write (an ingest parses without it), so the folder may be renamed away (the
+    app deletes a knowledge base so) or replaced while one is open: its next write says so, it writes nowhere."""
+    kb = local_kb
+    path = kb.path
+    os.rename(path, path.with_name("hidden"))
+    with pytest.raises(KnowledgeBaseError, match="gone"):
+        with kb.writer():
+            pass
+    KnowledgeBase.create(path, embedding_model="test-model", dimension=8).close()  # a new one in its place
+    with pytest.raises(KnowledgeBaseError, match="deleted or replaced"):
+        with kb.writer():
+            pass
+    kb.close()
+
+
+def test_a_write_session_may_leave_the_index_to_the_next(local_kb):
+    kb = local_kb
+    rng = np.random.default_rng(0)
+    with kb.writer(catch_up_index=False) as w:
+        w.put_document("a.pdf", content_hash="a", title="A", pages=1, chunks=chunks(3, "a"), vectors=unit(rng, 3))
+    assert not (kb.path / INDEX_FILE).exists()  # behind the database: caught up later, never trusted as it is
+    assert sorted(i for i, _ in kb.dense_search(unit(rng, 1)[0], k=5)) == list(kb.vectors()[0])
+    assert kb.document("a.pdf").chunks == 3 and kb.document("b.pdf") is None
+
+
 def test_recorded_settings_change_in_one_transaction(local_kb):
     kb = local_kb
     with kb.writer() as w:
