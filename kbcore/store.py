@@ -281,6 +281,17 @@ class KnowledgeBase:
             rows = self._db.execute("SELECT id, tokens FROM chunks ORDER BY id").fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
+    def search_tokens_after(self, last_id: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Every chunk id, then the ids above ``last_id`` and their search tokens, all in id order and from one
+        query (one state of the database). Ids only grow and are never reused, so for a lexical index holding the
+        chunks up to ``last_id`` these are the chunks written since, and its other ids missing here were deleted."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, CASE WHEN id > ? THEN tokens END FROM chunks ORDER BY id",
+                                    (last_id,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        start = int(np.searchsorted(ids, last_id, side="right"))
+        return ids, ids[start:], [r[1] for r in rows[start:]]
+
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Chunk ids and their stored vectors."""
         dim = self.dimension

@@ -291,3 +291,20 @@ def test_an_index_built_from_the_old_vectors_during_re_embedding_is_not_trusted_
     reader = KnowledgeBase(kb.path, readonly=True)
     assert [i for i, _ in reader.dense_search(new[1], k=1)] == [ids[1]]
     assert np.allclose(reader.dense_scores(new[1], ids), new @ new[1], atol=1e-6)
+
+
+def test_search_tokens_after_gives_every_id_and_the_tokens_of_newer_chunks(local_kb):
+    kb = local_kb
+    rng = np.random.default_rng(3)
+    with kb.writer() as w:
+        w.put_document("a.pdf", content_hash="1", title="A", pages=3, chunks=chunks(3, "a"), vectors=unit(rng, 3))
+    ids, added, tokens = kb.search_tokens_after(0)
+    assert list(ids) == list(added) and tokens == ["a t0", "a t1", "a t2"]
+    last = int(ids.max())
+    with kb.writer() as w:  # a replaced document: its chunks get new ids, above every earlier one
+        w.put_document("a.pdf", content_hash="2", title="A", pages=1, chunks=chunks(1, "b"), vectors=unit(rng, 1))
+    ids, added, tokens = kb.search_tokens_after(last)
+    assert list(ids) == list(added) and added[0] > last and tokens == ["b t0"]
+    newest = int(added[0])
+    ids, added, tokens = kb.search_tokens_after(newest)
+    assert list(ids) == [newest] and len(added) == 0 and tokens == []
