@@ -103,23 +103,49 @@ class Retriever:
         self.reranker = reranker
         self._bm25: BM25Index | None = None
         self._bm25_generation = -1
+        self._bm25_stored_tokens = False  # the index holds the stored tokens (not a re-tokenisation)
+        self.lexical_tokens_read = 0  # chunks whose tokens the BM25 index was given, in all
         self._openings: dict[tuple[int, int], str] = {}
         self._lock = threading.Lock()
 
     def _lexical_index(self) -> BM25Index:
+        """The BM25 index of the knowledge base as it is now. After a write it is brought up to date, not rebuilt:
+        chunk ids only grow and a changed document gets new ones, so the chunks above the index's highest id are
+        the new ones (only their tokens are read) and its ids the knowledge base lacks are the deleted ones. It is
+        rebuilt when the knowledge base's tokeniser is an older one, or when the change is larger than the index."""
         with self._lock:
             generation = self.kb.generation
-            if self._bm25 is None or self._bm25_generation != generation:
+            if self._bm25 is not None and self._bm25_generation == generation:
+                return self._bm25
+            if self.kb.settings().get("tokenizer_version") not in (None, TOKENIZER_VERSION):
+                # Built by an older tokeniser: re-tokenise in memory rather than mismatch query and index.
                 ids, tokens = self.kb.search_tokens()
-                if self.kb.settings().get("tokenizer_version") not in (None, TOKENIZER_VERSION):
-                    # Built by an older tokeniser: re-tokenise in memory rather than mismatch query and index.
-                    chunks = sorted(self.kb.get_chunks(ids).values(), key=lambda c: (c.document_id, c.ordinal))
-                    chars = stored_opening_chars(self.kb.settings()) or 0
-                    retokenised = {c.id: chunk_tokens(c.heading, c.text, opening)
-                                   for c, opening in zip(chunks, openings(chunks, chars))}
-                    tokens = [retokenised[i] for i in ids]
-                self._bm25, self._bm25_generation = BM25Index.build(ids, tokens), generation
+                chunks = sorted(self.kb.get_chunks(ids).values(), key=lambda c: (c.document_id, c.ordinal))
+                chars = stored_opening_chars(self.kb.settings()) or 0
+                retokenised = {c.id: chunk_tokens(c.heading, c.text, opening)
+                               for c, opening in zip(chunks, openings(chunks, chars))}
+                self.lexical_tokens_read += len(ids)
+                self._bm25 = BM25Index.build(ids, [retokenised[i] for i in ids])
+                self._bm25_stored_tokens = False
+            else:
+                self._bm25 = self._updated_index(self._bm25 if self._bm25_stored_tokens else None)
+                self._bm25_stored_tokens = True
+            self._bm25_generation = generation
             return self._bm25
+
+    def _updated_index(self, index: BM25Index | None) -> BM25Index:
+        known = index.chunk_ids if index is not None else np.empty(0, np.int64)
+        last = int(known.max()) if len(known) else 0
+        ids, added, tokens = self.kb.search_tokens_after(last)
+        kept = ids[: len(ids) - len(added)]  # ids up to ``last``: writes are serialised, so all are in ``known``
+        removed = known[~np.isin(known, kept, assume_unique=True)] if len(kept) < len(known) else known[:0]
+        if index is None or len(added) + len(removed) > len(known):
+            if last:  # the chunks the index holds are read too
+                ids, added, tokens = self.kb.search_tokens_after(0)
+            self.lexical_tokens_read += len(added)
+            return BM25Index.build(added, tokens)
+        self.lexical_tokens_read += len(added)
+        return index.updated(added, tokens, removed_ids=removed)
 
     def _allowed_documents(self, sources: Sequence[str] | None) -> list[int] | None:
         if sources is None:
@@ -172,13 +198,13 @@ class Retriever:
     def mentions(self, term: str) -> bool:
         """Whether any chunk of the knowledge base holds ``term``'s search tokens (all of them; for ``Wi-Fi``,
         ``wifi`` or ``wi`` and ``fi`` also count). A name no chunk holds cannot be what an answer talks about."""
-        vocabulary = self._lexical_index().vocabulary
+        index = self._lexical_index()
         tokens = search_tokens(term)
         if not tokens:  # a stop word ("the", "in"): nothing to tell
             return True
         joined = [re.sub(r"[._+-]", "", t) for t in tokens]
         parts = [p for t in tokens for p in re.split(r"[._+-]", t) if p]
-        return any(all(t in vocabulary for t in forms) for forms in (tokens, joined, parts) if forms)
+        return any(all(t in index for t in forms) for forms in (tokens, joined, parts) if forms)
 
     def opening(self, chunk: Chunk) -> str:
         """The identity block of the chunk's document (``kbcore.text.document_opening``), "" for the chunk that

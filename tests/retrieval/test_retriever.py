@@ -136,3 +136,85 @@ def test_contents_pages_are_recognised_and_ranked_below_their_sections(eval_retr
         for mode in ("hybrid", "bm25"):
             top = eval_retriever.search(heading, k=1, mode=mode)[0]
             assert not looks_like_contents(top.chunk.text), (heading, mode, top.chunk.page_start)
+
+
+class _FixedEmbedder:
+    """Every text the same vector: the BM25 side is what these tests look at."""
+
+    model_id, dimension = "fixed-test-vector", 8
+
+    def embed_query(self, text):
+        import numpy as np
+
+        return np.full(self.dimension, self.dimension ** -0.5, dtype=np.float32)
+
+    embed_passages = None
+
+
+def _put(kb, source, pieces, salt=""):
+    import numpy as np
+
+    from kbcore.store import NewChunk
+
+    with kb.writer() as writer:
+        writer.put_document(source, content_hash=source + salt, title=source, pages=1, chunks=[
+            NewChunk(ordinal=i, page_start=1, page_end=1, heading="", text=text + salt, tokens=tokens + salt)
+            for i, (text, tokens) in enumerate(pieces)],
+            vectors=np.full((len(pieces), 8), 8 ** -0.5, dtype=np.float32))
+
+
+def test_bm25_follows_writes_without_reading_every_chunk_again(tmp_path, dev_documents, settings):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from kbcore.text import search_tokens
+
+    sources = list(dev_documents)
+    sources = sources[-1:] + sources[:-1]  # the Debian FAQ (half the pieces), then eight regulations
+    kb = KnowledgeBase.create(tmp_path / "kb", embedding_model=_FixedEmbedder.model_id, dimension=8)
+    for source in sources[:7]:
+        _put(kb, source, dev_documents[source])
+    lexical = replace(settings.retrieval, mode="bm25", context_window=0, min_context_chars=0)
+    retriever = Retriever(kb, _FixedEmbedder(), lexical)
+    questions = ["供应商参加政府采购活动应当具备哪些条件", "评审专家的抽取", "Debian 软件包 dpkg", "进口产品 审核",
+                 "采购需求 调查", "框架协议 采购"]
+
+    def same_as_a_fresh_retriever():
+        fresh = Retriever(kb, _FixedEmbedder(), lexical)
+        for question in questions:
+            tokens = search_tokens(question)
+            got = retriever._lexical_index().search(tokens, 30)
+            want = fresh._lexical_index().search(tokens, 30)
+            assert [c for c, _ in got] == [c for c, _ in want], question
+            assert np.allclose([s for _, s in got], [s for _, s in want], rtol=1e-5), question
+            hits, fresh_hits = retriever.search(question, k=5), fresh.search(question, k=5)
+            assert [(h.chunk.id, round(h.lexical, 5)) for h in hits] == \
+                   [(h.chunk.id, round(h.lexical, 5)) for h in fresh_hits], question
+        assert len(retriever._lexical_index()) == kb.chunk_count()
+
+    assert retriever.search(questions[0], k=5)
+    read = retriever.lexical_tokens_read
+    assert read == kb.chunk_count()
+    for source in sources[7:]:  # one more document, then another: only their chunks are read
+        _put(kb, source, dev_documents[source])
+        same_as_a_fresh_retriever()
+        assert retriever.lexical_tokens_read == read + len(dev_documents[source])
+        read = retriever.lexical_tokens_read
+    # A term only the deleted document holds is no longer mentioned; deleting reads no tokens.
+    deleted = sources[0]
+    only_there = set(" ".join(t for _, t in dev_documents[deleted]).split()) - set(
+        " ".join(t for s in sources[1:] for _, t in dev_documents[s]).split())
+    term = next(t for t in sorted(only_there) if len(t) > 3 and t.isascii() and t.isalpha())
+    assert retriever.mentions(term)
+    with kb.writer() as writer:
+        assert writer.delete_document(deleted)
+    same_as_a_fresh_retriever()
+    assert retriever.lexical_tokens_read == read
+    assert not retriever.mentions(term)
+    # An updated document gets new chunk ids: its old chunks go, its new ones are read.
+    shorter = dev_documents[sources[1]][:10]
+    _put(kb, sources[1], shorter, salt=" 修订")
+    same_as_a_fresh_retriever()
+    assert retriever.lexical_tokens_read == read + len(shorter)
+    assert retriever.mentions("修订")
