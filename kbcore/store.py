@@ -282,15 +282,20 @@ class KnowledgeBase:
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
     def search_tokens_after(self, last_id: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Every chunk id, then the ids above ``last_id`` and their search tokens, all in id order and from one
-        query (one state of the database). Ids only grow and are never reused, so for a lexical index holding the
-        chunks up to ``last_id`` these are the chunks written since, and its other ids missing here were deleted."""
+        """Every chunk id, then the ids above ``last_id`` and their search tokens, in id order, read in one
+        transaction (one state of the database). Ids only grow and are never reused, so for a lexical index holding
+        the chunks up to ``last_id`` these are the chunks written since, and its other ids missing here were
+        deleted. The ids come from an index, the tokens by id range: neither reads the other chunks' rows."""
         with self._lock:
-            rows = self._db.execute("SELECT id, CASE WHEN id > ? THEN tokens END FROM chunks ORDER BY id",
-                                    (last_id,)).fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        start = int(np.searchsorted(ids, last_id, side="right"))
-        return ids, ids[start:], [r[1] for r in rows[start:]]
+            self._db.execute("BEGIN")
+            try:
+                ids = np.fromiter((r[0] for r in self._db.execute("SELECT id FROM chunks")), dtype=np.int64)
+                rows = self._db.execute("SELECT id, tokens FROM chunks WHERE id > ? ORDER BY id",
+                                        (last_id,)).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        ids.sort()
+        return ids, np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Chunk ids and their stored vectors."""
