@@ -1,10 +1,16 @@
-"""OCR for what has no text layer: PDF pages that are scanned images, and image files (.png, .jpg/.jpeg,
-.tif/.tiff; a TIFF page is a page).
+"""OCR for what has no text layer: PDF pages that are scanned images, scanned regions pasted into PDF pages that
+have a text layer, and image files (.png, .jpg/.jpeg, .tif/.tiff; a TIFF page is a page).
 
 - Engine: RapidOCR (``rapidocr-onnxruntime``) with the PP-OCRv4 Chinese/English detection and recognition
   models inside its wheel, so nothing is downloaded. It is imported on first use and built once per process.
-- Which PDF pages: those whose text layer is (nearly) empty and that show images. A page with a text layer is
-  never OCR'd; on an OCR'd page, what little text layer there is wins over OCR where the two overlap.
+- Which PDF pages: those whose text layer is (nearly) empty and that show images (``needs_ocr``) are rendered
+  whole; what little text layer there is wins over OCR where the two overlap.
+- Which regions of other pages (``scanned_regions``): an image (or adjoining image tiles) big enough to hold
+  text, ``MIN_REGION_COVER`` of the page and ``MIN_REGION_SIDE`` each way, with (nearly) no text-layer
+  characters over it: a pasted scan, a screenshot of a table, a scanned signature page. Only that clip of the
+  page is rendered and read, and its lines go into the page's text before the first text-layer block that
+  starts below the region's middle (``ocr_pdf_regions``). Logos, rules and backgrounds under text are not
+  read, so a PDF of text alone is never OCR'd.
 - Resolution: PDF pages are rendered at ``RENDER_DPI`` (chosen by accuracy against speed, bench/README.md);
   any image is shrunk to at most ``MAX_OCR_PIXELS`` first, so time and memory stay those of a page.
 - Reading order: columns, then top to bottom (``reading_order``).
@@ -42,6 +48,15 @@ MAX_OCR_PIXELS = 4_500_000
 # label) and whose images cover at least MIN_IMAGE_COVER of it is a scan.
 NEAR_EMPTY_CHARS = 20
 MIN_IMAGE_COVER = 0.1
+# On a page with a text layer, an image region is read when it covers at least MIN_REGION_COVER of the page,
+# is at least MIN_REGION_SIDE points (2.54 cm, five lines of body text) on each side, and fewer than
+# NEAR_EMPTY_CHARS text-layer characters lie over it (more: a background under the page's real text). A logo
+# is smaller (a 4 x 2 cm logo is 1.3 % of an A4 page), and so is a letterhead banner across the page, which is
+# under an inch tall (Debian Edu's manual has one 48 pt tall, 4.9 % of its page); a screenshot of a line or
+# two is left out with them. Images under MIN_IMAGE_PIXELS pixels a side (stretched colour bars) hold no text.
+MIN_REGION_COVER = 0.04
+MIN_REGION_SIDE = 72.0
+MIN_IMAGE_PIXELS = 16
 # Lines recognised with a lower score are kept but marked: most of them hold a wrong character or more, which
 # retrieval tolerates better than a missing line, while a reader should check the page before quoting. Clean
 # scans score above it nearly throughout, poor ones below it mostly (bench/README.md).
@@ -51,7 +66,7 @@ LOW_CONFIDENCE_MARK = "（？）"
 # Bump when the engine's settings change what it returns for the same pixels: old cache entries are not used.
 OCR_VERSION = "rapidocr-1.4.4-ppocrv4-1"
 
-# on_ocr(queued, done): a file found `queued` more pages to OCR, or `done` more were read.
+# on_ocr(queued, done): a file found `queued` more pages (or regions of pages) to OCR, or `done` more were read.
 OcrProgress = Callable[[int, int], None]
 
 
@@ -248,8 +263,8 @@ def lines_text(lines: Sequence[Sequence[Segment]], min_confidence: float = MIN_C
 class PageReader:
     """OCR for one ingest run: the settings, a cache folder (None: no cache), progress, and what was done.
 
-    ``pages`` counts images the engine read, ``cached`` those found in the cache, ``seconds`` the time spent
-    rendering, reading and ordering them."""
+    ``pages`` counts images the engine read (a page, a region of a page, an image file's page), ``cached`` those
+    found in the cache, ``seconds`` the time spent rendering, reading and ordering them."""
 
     def __init__(self, settings: IngestSettings | None = None, cache_dir: str | os.PathLike | None = None,
                  on_ocr: OcrProgress | None = None):
@@ -276,12 +291,14 @@ class PageReader:
             self._cache_put(key, segments)
         return segments
 
-    def text(self, bgr: np.ndarray, known: Sequence[Segment] = ()) -> str:
+    def text(self, bgr: np.ndarray, known: Sequence[Segment] = (), elsewhere: Sequence[Segment] = ()) -> str:
         """The image's text in reading order. ``known`` segments (a PDF page's own text, in the image's
-        pixels) are taken as they are, and OCR lines that overlap them are dropped."""
+        pixels) are taken as they are, and OCR lines that overlap them are dropped; OCR lines that overlap
+        ``elsewhere`` segments (text the caller has already) are dropped too, and those are not returned."""
         started = time.perf_counter()
         try:
-            found = [s for s in self.segments(bgr) if not any(_overlap(s, k) > 0.5 for k in known)]
+            drop = list(known) + list(elsewhere)
+            found = [s for s in self.segments(bgr) if not any(_overlap(s, k) > 0.5 for k in drop)]
             return lines_text(reading_order(list(known) + found))
         finally:
             self.seconds += time.perf_counter() - started
@@ -319,7 +336,8 @@ def _overlap(a: Segment, b: Segment) -> float:
 
 # ---------------------------------------------------------------------------------------------- PDF pages
 def needs_ocr(page, text: str) -> bool:
-    """Whether a PDF page is a scan: (nearly) no text layer, and images covering a real part of the page."""
+    """Whether a PDF page is a scan, to be rendered and read whole: (nearly) no text layer, and images covering
+    a real part of the page. Any other page is read only in its ``scanned_regions``, if it has some."""
     if len("".join(text.split())) >= NEAR_EMPTY_CHARS:
         return False
     area = abs(page.rect)
@@ -332,27 +350,79 @@ def needs_ocr(page, text: str) -> bool:
     return covered / area >= MIN_IMAGE_COVER
 
 
-def render_page(page, dpi: int = RENDER_DPI) -> np.ndarray:
-    """A PDF page as a BGR image at ``dpi``, or at less when that would exceed MAX_OCR_PIXELS (a poster-sized
-    page); the scale used is ``image width / page width``."""
+def scanned_regions(page, text: str = "") -> list:
+    """The image regions (``pymupdf.Rect``, top to bottom) of a page that OCR reads although the page is no
+    scan: images, with adjoining tiles of one image joined, that cover MIN_REGION_COVER of the page, are
+    MIN_REGION_SIDE points each way and have fewer than NEAR_EMPTY_CHARS text-layer characters over them.
+    Regions that overlap (a scan stored as a colour background plus a text mask) are joined into one, so
+    nothing is read twice. None for a page that ``needs_ocr``: it is read whole."""
     import pymupdf
 
-    width, height = page.rect.width / 72, page.rect.height / 72
+    if needs_ocr(page, text):
+        return []
+    area = abs(page.rect)
+    # get_images reads the page's resources only; get_image_info runs its content once more, as long as a
+    # text extraction, so it is left to pages that have images. (An inline image, too small to be a scan
+    # by the PDF standard's advice, is not looked at.)
+    if not area or not page.get_images():
+        return []
+    boxes = []
+    for info in page.get_image_info():
+        box = page.rect & pymupdf.Rect(info["bbox"])
+        if not box.is_empty and min(info.get("width", 0), info.get("height", 0)) >= MIN_IMAGE_PIXELS:
+            boxes.append(box)
+    # Tiles (a scan stored as strips): boxes that touch edge to edge, overlapping by little, are one image.
+    boxes = _join(boxes, lambda a, b: (pymupdf.Rect(a) + (-1, -1, 1, 1)).intersects(b)
+                  and abs(a & b) < 0.1 * min(abs(a), abs(b)))
+    regions = [box for box in boxes if abs(box) >= MIN_REGION_COVER * area
+               and min(box.width, box.height) >= MIN_REGION_SIDE
+               and len("".join(page.get_text("text", clip=box).split())) < NEAR_EMPTY_CHARS]
+    regions = _join(regions, lambda a, b: a.intersects(b))
+    return sorted(regions, key=lambda r: (r.y0, r.x0))
+
+
+def _join(boxes: list, touch: Callable) -> list:
+    """Boxes joined into their union wherever ``touch(a, b)``, until no two touch."""
+    boxes = list(boxes)
+    joined = True
+    while joined:
+        joined = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if touch(boxes[i], boxes[j]):
+                    boxes[i] = boxes[i] | boxes.pop(j)
+                    joined = True
+                    break
+            if joined:
+                break
+    return boxes
+
+
+def render_page(page, dpi: int = RENDER_DPI, clip=None) -> np.ndarray:
+    """A PDF page (or its ``clip`` rectangle) as a BGR image at ``dpi``, or at less when that would exceed
+    MAX_OCR_PIXELS (a poster-sized page); the scale used is ``image width / page (or clip) width``."""
+    import pymupdf
+
+    rect = page.rect if clip is None else pymupdf.Rect(clip)
+    width, height = rect.width / 72, rect.height / 72
     dpi = min(dpi, (MAX_OCR_PIXELS / max(width * height, 1e-6)) ** 0.5)
-    pix = page.get_pixmap(dpi=max(int(dpi), 1), colorspace=pymupdf.csRGB, alpha=False)
+    pix = page.get_pixmap(dpi=max(int(dpi), 1), colorspace=pymupdf.csRGB, alpha=False, clip=clip)
     rgb = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.h, pix.w, 3)
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def text_layer_segments(page, scale: float) -> list[Segment]:
-    """The page's own text lines, in the pixels of an image rendered at ``scale`` pixels a point."""
+def text_layer_segments(page, scale: float, clip=None) -> list[Segment]:
+    """The page's own text lines, in the pixels of an image rendered at ``scale`` pixels a point (of the page,
+    or of its ``clip`` rectangle: then only the lines that reach into it)."""
+    left, top = (clip[0], clip[1]) if clip is not None else (0.0, 0.0)
     out = []
-    for block in page.get_text("dict")["blocks"]:
+    for block in page.get_text("dict", clip=clip)["blocks"]:
         for line in block.get("lines", ()):
             text = "".join(span["text"] for span in line["spans"]).strip()
             if text:
                 x0, y0, x1, y1 = line["bbox"]
-                out.append(Segment(x0 * scale, y0 * scale, x1 * scale, y1 * scale, text))
+                out.append(Segment((x0 - left) * scale, (y0 - top) * scale, (x1 - left) * scale,
+                                   (y1 - top) * scale, text))
     return out
 
 
@@ -361,6 +431,50 @@ def ocr_pdf_page(page, reader: PageReader) -> str:
     bgr = render_page(page)
     scale = bgr.shape[1] / page.rect.width
     return reader.text(bgr, text_layer_segments(page, scale))
+
+
+def ocr_pdf_regions(page, text: str, regions: Sequence, reader: PageReader) -> str:
+    """``text`` (the page's text as parsed from its text layer) with what OCR reads in each of ``regions``
+    (``scanned_regions``) put in before the first text-layer block, in the text's order, that starts below the
+    region's middle, or at the end. Only the regions are rendered; a few text-layer characters over a region
+    stay where the text layer has them and are not read again; a region read as empty adds nothing."""
+    starts = _block_starts(page, text)
+    pieces: list[tuple[int, int, str]] = []
+    for order, rect in enumerate(regions):
+        bgr = render_page(page, clip=rect)
+        scale = bgr.shape[1] / max(rect.width, 1e-6)
+        read = reader.text(bgr, elsewhere=text_layer_segments(page, scale, clip=rect))
+        if not read.strip():
+            continue
+        middle = (rect.y0 + rect.y1) / 2
+        at = next((offset for offset, top in starts if top >= middle), len(text))
+        pieces.append((at, order, read))
+    out, done = [], 0
+    for at, _order, read in sorted(pieces):
+        out.append(text[done:at])
+        if at and not text[at - 1] == "\n":
+            out.append("\n")
+        out.append(read)
+        done = at
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _block_starts(page, text: str) -> list[tuple[int, float]]:
+    """(offset of its line in ``text``, top on the page) of each text-layer block whose first line is found at
+    the start of a line of ``text``, looked for in the order the blocks come, each after the one before it."""
+    starts, cursor = [], 0
+    for _x0, y0, _x1, _y1, block, _no, kind in page.get_text("blocks"):
+        first = next((line.strip() for line in block.splitlines() if line.strip()), "")
+        if kind != 0 or not first:
+            continue
+        at = text.find(first, cursor)
+        while at >= 0 and text[text.rfind("\n", 0, at) + 1:at].strip():  # not at a line's start: look on
+            at = text.find(first, at + 1)
+        if at >= 0:
+            starts.append((text.rfind("\n", 0, at) + 1, y0))
+            cursor = at + len(first)
+    return starts
 
 
 # ---------------------------------------------------------------------------------------------- image files
@@ -451,4 +565,4 @@ def _decode(image, limits: LimitSettings, where: str) -> np.ndarray:
 
 __all__ = ["IMAGE_SUFFIXES", "RENDER_DPI", "MAX_OCR_PIXELS", "LOW_CONFIDENCE_MARK", "MIN_CONFIDENCE", "OcrError",
            "OcrProgress", "PageReader", "Segment", "ImageFile", "lines_text", "needs_ocr", "ocr_pdf_page",
-           "reading_order", "recognise", "render_page"]
+           "ocr_pdf_regions", "reading_order", "recognise", "render_page", "scanned_regions"]

@@ -1,6 +1,7 @@
 """Turn a file into text with page numbers and headings: PDF, plain text, Markdown, HTML, Word, Excel
 and PowerPoint files (``ingest.office``: a slide is a page, a workbook row is a page numbered by its sheet),
-and through OCR (``ingest.ocr``, when a ``PageReader`` is given) scanned PDF pages and image files.
+and through OCR (``ingest.ocr``, when a ``PageReader`` is given) scanned PDF pages, scanned regions of other
+PDF pages, and image files.
 
 A PDF gives one ``Page`` per page (1-based numbers) and its outline (bookmarks) as headings. Tables found on
 a page are written out as rows of cells joined by `` | `` in reading order, so they are not scrambled.
@@ -87,7 +88,7 @@ class ParsedDocument:
     pages: list[Page]
     headings: list[Heading] = field(default_factory=list)
     tables: int = 0  # how many tables were written out as rows
-    ocr_pages: int = 0  # pages whose text came from OCR
+    ocr_pages: int = 0  # pages whose text came from OCR, wholly or in scanned regions
 
     @property
     def page_count(self) -> int:
@@ -277,18 +278,26 @@ def _parse_pdf(path: Path, limits: LimitSettings, ocr: "PageReader | None" = Non
 
 
 def _ocr_pdf_pages(path: Path, pdf, pages: list[Page], limits: LimitSettings, ocr: "PageReader") -> int:
-    """Replace the text of scanned pages (``ocr.needs_ocr``) by what OCR reads on them; how many there were."""
-    from ingest.ocr import OcrError, needs_ocr, ocr_pdf_page
+    """Replace the text of scanned pages (``ocr.needs_ocr``) by what OCR reads on them, and add to other pages
+    what it reads in their scanned regions (``ocr.scanned_regions``); how many pages used OCR."""
+    from ingest.ocr import OcrError, needs_ocr, ocr_pdf_page, ocr_pdf_regions, scanned_regions
 
+    todo: dict[int, list | None] = {}  # page index: its regions, or None for the whole page
     try:
-        todo = [i for i, page in enumerate(pages) if needs_ocr(pdf.load_page(i), page.text)]
+        for i, page in enumerate(pages):
+            pdf_page = pdf.load_page(i)
+            if needs_ocr(pdf_page, page.text):
+                todo[i] = None
+            elif regions := scanned_regions(pdf_page, page.text):
+                todo[i] = regions
     except Exception as exc:  # damaged image objects
         raise ParseError(path, f"damaged PDF: its images cannot be listed ({exc})") from None
-    ocr.on_ocr(len(todo), 0)
+    ocr.on_ocr(sum(1 if regions is None else len(regions) for regions in todo.values()), 0)
     chars = sum(len(p.text) for p in pages)
-    for i in todo:
+    for i, regions in todo.items():
         try:
-            text = ocr_pdf_page(pdf.load_page(i), ocr)
+            page = pdf.load_page(i)
+            text = ocr_pdf_page(page, ocr) if regions is None else ocr_pdf_regions(page, pages[i].text, regions, ocr)
         except OcrError as exc:
             raise ParseError(path, f"page {i + 1}: {exc}") from None
         except Exception as exc:  # rendering a damaged page, or the OCR engine failing on it

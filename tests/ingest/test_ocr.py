@@ -1,6 +1,6 @@
 """OCR of scanned PDF pages and image files, on scanned copies of real pages of ../shared/eval (tests/ingest/scans.py):
-the gold phrases of the regulations QA set come back on their pages, text-layer pages are never OCR'd, a
-page's own text wins where it has some, columns are read one after the other, unsure lines are marked, and
+the gold phrases of the regulations QA set come back on their pages, text-layer pages are never OCR'd (but a
+scan pasted into one is, in its place), a page's own text wins where it has some, columns are read one after the other, unsure lines are marked, and
 bad images each fail with their reason. Only a few pages are OCR'd, most of them cut to a band of lines."""
 
 from __future__ import annotations
@@ -132,6 +132,87 @@ def test_two_columns_are_read_one_after_the_other(eval_dir, tmp_path):
     assert all(p >= 0 for p in starts) and starts == sorted(starts), starts
     ends = [text.find(a[-9:-1]) for a in articles]  # each article whole before the next begins
     assert all(start < end < following for start, end, following in zip(starts, ends, starts[1:] + [len(text)]))
+
+
+def law_sentences(eval_dir, starts: tuple[str, ...]) -> list[str]:
+    """Whole one-line articles of page 1 of the law, as its text layer gives them."""
+    lines = parse_file(eval_dir / "docs" / LAW).pages[0].text.splitlines()
+    found = [line for line in lines if line.startswith(starts) and line.endswith("。")]
+    assert len(found) == len(starts)
+    return found
+
+
+def test_a_scan_pasted_into_a_text_page_is_read_in_its_place(eval_dir, tmp_path, monkeypatch):
+    """Typed articles of the law's page 1 at the top, a scanned band of its page 2 (holding a gold phrase)
+    below them and one more typed article under the scan: the typed lines come back exactly, the scan's
+    phrase by OCR, top to bottom; only the scan's clip is rendered and read, counted as one page used OCR."""
+    law = eval_dir / "docs" / LAW
+    (phrase,) = [a for a, pages in gold(eval_dir, LAW).items() if pages == [2]]
+    source = pymupdf.open(law)[1]
+    end = source.search_for(phrase[-4:])[0]  # the phrase may wrap: the band reaches two lines above its end
+    top = max(0.0, end.y0 / source.rect.height - 0.06)
+    band = page_image(law, 2, clip=(top, top + 0.12))
+    above = law_sentences(eval_dir, ("第三条", "第四条"))
+    (below,) = law_sentences(eval_dir, ("第六条",))
+    doc = pymupdf.open()
+    page = doc.new_page(width=source.rect.width, height=source.rect.height)
+    for n, sentence in enumerate(above):
+        page.insert_text((60, 80 + 20 * n), sentence, fontname="china-s", fontsize=11)
+    scan = pymupdf.Rect(0, 420, page.rect.width, 420 + page.rect.width * band.height / band.width)
+    page.insert_image(scan, stream=band.tobytes("png"))
+    page.insert_text((60, scan.y1 + 40), below, fontname="china-s", fontsize=11)
+    doc.save(tmp_path / "mixed.pdf")
+
+    shapes, queued, done = [], [], []
+    real = ocr.recognise
+    monkeypatch.setattr(ocr, "recognise", lambda bgr, language="ch": shapes.append(bgr.shape) or real(bgr, language))
+    reader = PageReader(on_ocr=lambda q, d: (queued.append(q), done.append(d)))
+    parsed = parse_file(tmp_path / "mixed.pdf", ocr=reader)
+    text = parsed.pages[0].text
+    assert all(sentence in text.splitlines() for sentence in above + [below])
+    squeezed = squeeze(text)
+    where = [squeezed.find(squeeze(s)) for s in above] + [squeezed.find(squeeze(phrase)), squeezed.find(squeeze(below))]
+    assert all(p >= 0 for p in where) and where == sorted(where), where
+    assert (parsed.ocr_pages, reader.pages, sum(queued), sum(done)) == (1, 1, 1, 1)
+    ((height, width, _),) = shapes  # the clip at RENDER_DPI, not the page
+    assert width == pytest.approx(page.rect.width * ocr.RENDER_DPI / 72, abs=2)
+    assert height == pytest.approx(scan.height * ocr.RENDER_DPI / 72, abs=2)
+
+
+def test_a_logo_a_banner_and_a_background_under_text_are_not_ocrd(eval_dir, tmp_path, monkeypatch):
+    """Text-layer pages with images that hold writing but are no scanned text: a small logo, a letterhead
+    banner across the page under an inch tall, and a full-page image under the page's own text."""
+    law = eval_dir / "docs" / LAW
+    sentences = law_sentences(eval_dir, ("第三条", "第四条", "第六条"))
+    logo = page_image(law, 1, dpi=100, clip=(0.05, 0.09)).tobytes("png")  # the law's title, drawn
+    banner = page_image(law, 1, dpi=150, clip=(0.05, 0.12)).tobytes("png")
+    background = page_image(law, 2, dpi=72).tobytes("png")
+    doc = pymupdf.open()
+    for image, rect in ((logo, (420, 20, 560, 60)), (banner, (0, 10, 595, 60)), (background, (0, 0, 595, 842))):
+        page = doc.new_page(width=595, height=842)
+        page.insert_image(rect, stream=image)
+        for n, sentence in enumerate(sentences):
+            page.insert_text((60, 120 + 20 * n), sentence, fontname="china-s", fontsize=11)
+    doc.save(tmp_path / "decorated.pdf")
+    forbid_ocr(monkeypatch)
+    reader = PageReader()
+    parsed = parse_file(tmp_path / "decorated.pdf", ocr=reader)
+    assert (parsed.ocr_pages, reader.pages) == (0, 0)
+    assert all(sentences == page.text.splitlines() for page in parsed.pages)
+
+
+def test_a_scan_stored_as_strips_or_in_two_layers_is_one_region(eval_dir):
+    """Six strips too small to count alone, and two images on the same box (background and text mask), are
+    each one region: read once, not in pieces or twice."""
+    (sentence,) = law_sentences(eval_dir, ("第三条",))
+    strip = page_image(eval_dir / "docs" / LAW, 2, clip=(0.2, 0.225)).tobytes("png")
+    doc = pymupdf.open()
+    for boxes in ([(0, 300 + 21 * k, 595, 321 + 21 * k) for k in range(6)], [(0, 300, 595, 426)] * 2):
+        page = doc.new_page(width=595, height=842)
+        page.insert_text((60, 80), sentence, fontname="china-s", fontsize=11)
+        for box in boxes:
+            page.insert_image(box, stream=strip, keep_proportion=False)
+        assert [tuple(r) for r in ocr.scanned_regions(page, page.get_text())] == [(0, 300, 595, 426)]
 
 
 # ---------------------------------------------------------------------------------------------- reading order
