@@ -2,7 +2,7 @@
 Milvus Lite, each over the same stored chunks, in one run; and how big BM25's sparse matrix gets.
 
     .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--backends flat,auto,milvus]
-                                          [--milvus-max 100000] [--bm25-max 100000] [--spread 1.0]
+                                          [--milvus-max 100000] [--bm25-max 100000] [--spread 1.0] [--bm25-only]
 
 Data. Chunk text is real: 300-character pieces of ../shared/eval/docs, each stored many times with a variant
 number appended, and its BM25 tokens resampled (as bench_retrieval.py does). Vectors are synthetic but
@@ -15,7 +15,9 @@ the configured embedder. Recall@10 is against the flat index's answer (exact inn
 Per size and index: build time (from kb.sqlite to a searchable index, the index file written), memory (the
 index's own estimate for FAISS; the process's resident memory growth for every index, Milvus Lite included as it
 runs inside this process), query p50/p95 of dense_search at the retriever's depth (50 candidates, one thread),
-and recall@10. The last line is JSON.
+and recall@10. BM25: its build from kb.sqlite (time, peak memory), then a retriever's index kept up through a
+write of 1,000 chunks and a replaced document of 1,000, against a fresh retriever's full build. The last line is
+JSON.
 """
 
 from __future__ import annotations
@@ -171,8 +173,13 @@ def measure(path: Path, store: StoreSettings, queries: np.ndarray, exact: list[l
     return row, top10
 
 
-def measure_bm25(path: Path) -> dict:
+def measure_bm25(path: Path, corpus: Corpus, size: int, write: int = 1000) -> dict:
+    """BM25 built from kb.sqlite (time, memory), then kept up by a retriever through a write of ``write`` chunks
+    (a new document) and a replaced document (``write`` chunks out, ``write`` in), against building it again."""
+    from types import SimpleNamespace
+
     from retrieval.lexical import BM25Index
+    from retrieval.retriever import Retriever
 
     kb = KnowledgeBase(path, readonly=True)
     gc.collect()
@@ -180,13 +187,40 @@ def measure_bm25(path: Path) -> dict:
     reset_peak()
     began = time.perf_counter()
     ids, tokens = kb.search_tokens()
+    fetched = time.perf_counter() - began
+    tokens_mb = (sum(map(sys.getsizeof, tokens)) + sys.getsizeof(tokens)) / 2**20
     index = BM25Index.build(ids, tokens)
     seconds = time.perf_counter() - began
     nnz, terms = index.nonzeros, len(index.vocabulary)
-    row = {"bm25_build_s": round(seconds, 1), "bm25_nonzeros": nnz, "bm25_terms": terms,
-           "bm25_density": nnz / max(1, len(index) * terms),
-           "bm25_matrix_mb": round(index.nbytes / 2**20, 1), "bm25_peak_mb": round((peak_rss() - before) / 2**20, 1)}
+    row = {"bm25_build_s": round(seconds, 1), "bm25_fetch_s": round(fetched, 1), "bm25_nonzeros": nnz,
+           "bm25_terms": terms, "bm25_density": nnz / max(1, len(index) * terms),
+           "bm25_matrix_mb": round(index.nbytes / 2**20, 1), "bm25_tokens_mb": round(tokens_mb, 1),
+           "bm25_peak_mb": round((peak_rss() - before) / 2**20, 1)}
     del index, tokens, ids
+    kb.close()
+
+    kb = KnowledgeBase(path, store=StoreSettings(index="flat"))
+    embedder = SimpleNamespace(model_id=kb.embedding_model, dimension=kb.dimension)
+    retrieval = load_settings().retrieval
+    retriever = Retriever(kb, embedder, retrieval)
+    retriever._lexical_index()
+    for label, source, first in (("add", "added.pdf", size), ("replace", "doc-00000.pdf", size + write)):
+        base, vecs = corpus.vectors_like(write)
+        with kb.writer(catch_up_index=False) as writer:
+            writer.put_document(source, content_hash=label, title="", pages=200,
+                                chunks=corpus.chunks_like(base, first), vectors=vecs)
+        read = retriever.lexical_tokens_read
+        began = time.perf_counter()
+        index = retriever._lexical_index()
+        row[f"bm25_{label}_s"] = round(time.perf_counter() - began, 3)
+        assert retriever.lexical_tokens_read - read == write, "the retriever rebuilt the index"
+    row["bm25_segments"] = index.segments
+    began = time.perf_counter()
+    fresh = Retriever(kb, embedder, retrieval)._lexical_index()
+    row["bm25_rebuild_s"] = round(time.perf_counter() - began, 1)
+    question = search_tokens("供应商参加政府采购活动应当具备哪些条件")
+    assert index.search(question, 50) == fresh.search(question, 50)
+    del index, fresh, retriever
     kb.close()
     return row
 
@@ -201,10 +235,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--base-kb", default=None)
     parser.add_argument("--workdir", default=None, help="where the knowledge bases are built (a few GB at 1M)")
+    parser.add_argument("--bm25-only", action="store_true", help="measure BM25 alone (no vector index)")
     args = parser.parse_args()
     print("CPU:", cpu_flags(), "| Python", platform.python_version(), flush=True)
     settings = load_settings()
     corpus = Corpus(base_kb_path(args.base_kb), args.spread)
+    if args.bm25_only:
+        args.backends, args.milvus_max = "", 0
     from kbcore.embedding import load_embedder
 
     embedder = load_embedder(settings.embedding, settings.cache_dir)
@@ -217,7 +254,7 @@ def main() -> None:
     depth = settings.retrieval.candidates
     stores = {"flat": StoreSettings(index="flat"), "auto": StoreSettings(index="auto"),
               "milvus": StoreSettings(backend="milvus")}
-    backends = ["flat"] + [b for b in args.backends.split(",") if b != "flat"]
+    backends = [] if args.bm25_only else ["flat"] + [b for b in args.backends.split(",") if b and b != "flat"]
     rows = []
     header = (f"{'chunks':>8} | {'index':<12} | {'build s':>7} | {'index MB':>8} | {'RSS +MB':>7} | {'peak +MB':>8} | "
               f"{'p50 ms':>6} | {'p95 ms':>6} | recall@10")
@@ -249,11 +286,15 @@ def main() -> None:
 
                 server_manager_instance.release_all()  # before its folder is removed
             if size <= args.bm25_max:
-                bm25 = {"chunks": size, "setting": "bm25", **measure_bm25(path)}
+                bm25 = {"chunks": size, "setting": "bm25", **measure_bm25(path, corpus, size)}
                 rows.append(bm25)
                 print(f"{size:>8} | bm25: {bm25['bm25_nonzeros']:,} non-zeros over {bm25['bm25_terms']:,} terms "
-                      f"(density {bm25['bm25_density']:.2e}), matrix {bm25['bm25_matrix_mb']} MB, "
-                      f"build peak +{bm25['bm25_peak_mb']} MB, {bm25['bm25_build_s']} s", flush=True)
+                      f"(density {bm25['bm25_density']:.2e}), counts {bm25['bm25_matrix_mb']} MB; build "
+                      f"{bm25['bm25_build_s']} s ({bm25['bm25_fetch_s']} s reading tokens), peak "
+                      f"+{bm25['bm25_peak_mb']} MB (token strings +{bm25['bm25_tokens_mb']} MB); retriever after "
+                      f"a write of 1,000 chunks {bm25['bm25_add_s']} s, after replacing a document of 1,000 "
+                      f"{bm25['bm25_replace_s']} s ({bm25['bm25_segments']} segments), rebuilt "
+                      f"{bm25['bm25_rebuild_s']} s", flush=True)
     print(json.dumps({"cpu": cpu_flags(), "spread": args.spread, "queries": len(queries), "rows": rows},
                      ensure_ascii=False))
 
