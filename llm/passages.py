@@ -101,7 +101,15 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share:
     (0, '第四十六条 招标人应当在三十日内订立书面合同。')
     >>> quote("投标保证金最多是多少？", law) is None
     True
+
+    The title the question cites says where to look, not what is asked, so it does not count in the share:
+
+    >>> rules = [Hit(Chunk(2, 2, "tiaoli.pdf", 5, 3, 3, "中华人民共和国招标投标法实施条例 > 第二章 招标",
+    ...                    "第二十二条 招标人应当自收到异议之日起3日内作出答复。"), 1.0)]
+    >>> quote("按招标投标法实施条例，招标人收到对招标文件的异议后要在几天内答复？", rules)
+    (0, '第二十二条 招标人应当自收到异议之日起3日内作出答复。')
     """
+    question = without_cited_headings(question, passages)
     asked = bigrams(content_of(question))
     # The parties or case number the question names are in every sentence of the right document's head:
     # what is asked about is the rest.
@@ -123,6 +131,25 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share:
     if unread_terms(question, passages):
         return None  # the passages are about something near, not the thing asked (质保金 beside 履约保证金)
     return best
+
+
+def without_cited_headings(question: str, passages: Sequence[Hit], shortest: int = 4) -> str:
+    """The question less the longest run of characters it shares with each passage's heading path, when that run
+    is ``shortest`` characters or more: the law, manual or chapter it cites ("按招标投标法实施条例").
+
+    >>> from kbcore.types import Chunk
+    >>> without_cited_headings("按政府采购法，供应商要具备什么条件？",
+    ...     [Hit(Chunk(1, 1, "fa.pdf", 1, 3, 3, "中华人民共和国政府采购法 > 第二章", "……"), 1.0)])
+    '按，供应商要具备什么条件？'
+    """
+    from difflib import SequenceMatcher
+
+    for heading in dict.fromkeys(h.heading for h in passages if h.heading):
+        run = SequenceMatcher(None, question, heading, autojunk=False).find_longest_match(
+            0, len(question), 0, len(heading))
+        if run.size >= shortest:
+            question = question[:run.a] + question[run.a + run.size:]
+    return question
 
 
 # Question words jieba tags as nouns ("多长时间", "哪些项目"): what is asked, not what it is about.
