@@ -17,11 +17,15 @@ have a text layer, and image files (.png, .jpg/.jpeg, .tif/.tiff; a TIFF page is
 - Low confidence: a line the recogniser is unsure of is kept, followed by ``LOW_CONFIDENCE_MARK``.
 - Cache: raw OCR results are kept by the hash of the pixels read, in the knowledge base's ``ocr-cache``
   folder, so a file parsed again (a changed chunking setting, a page added to a scan) re-reads only new pages.
-  Unchanged files are not parsed at all (``ingest.pipeline``).
+  Unchanged files are not parsed at all (``ingest.pipeline``). The cache holds only what live documents use:
+  the keys a file read or wrote (``PageReader.tracking``) are recorded for its version, by the sha256 of its
+  bytes, in ``refs/<sha256>.txt`` when it is stored, and ``prune_cache`` deletes the refs of versions no longer
+  stored and every entry no remaining refs file names (so OCR text of a deleted document does not stay behind).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -32,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -264,7 +268,8 @@ class PageReader:
     """OCR for one ingest run: the settings, a cache folder (None: no cache), progress, and what was done.
 
     ``pages`` counts images the engine read (a page, a region of a page, an image file's page), ``cached`` those
-    found in the cache, ``seconds`` the time spent rendering, reading and ordering them."""
+    found in the cache, ``seconds`` the time spent rendering, reading and ordering them. Inside ``tracking()``
+    the cache keys read or written on that thread are collected (the keys one file used, for its refs)."""
 
     def __init__(self, settings: IngestSettings | None = None, cache_dir: str | os.PathLike | None = None,
                  on_ocr: OcrProgress | None = None):
@@ -273,6 +278,18 @@ class PageReader:
         self.on_ocr = on_ocr or (lambda _queued, _done: None)
         self.pages = self.cached = 0
         self.seconds = 0.0
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def tracking(self):
+        """Collect, into the set yielded, the cache keys this thread reads or writes until the block ends."""
+        keys: set[str] = set()
+        outer = getattr(self._local, "keys", None)
+        self._local.keys = keys
+        try:
+            yield keys
+        finally:
+            self._local.keys = outer
 
     def segments(self, bgr: np.ndarray) -> list[Segment]:
         """OCR segments of an image, from the cache when the same pixels were read before."""
@@ -281,6 +298,9 @@ class PageReader:
             digest = hashlib.sha256(f"{OCR_VERSION}|{self.settings.ocr_language}|{bgr.shape}|".encode())
             digest.update(np.ascontiguousarray(bgr).data)
             key = digest.hexdigest()
+            touched = getattr(self._local, "keys", None)
+            if touched is not None:
+                touched.add(key)
             found = self._cache_get(key)
             if found is not None:
                 self.cached += 1
@@ -324,6 +344,79 @@ class PageReader:
             os.replace(partial, path)
         except OSError:  # a read-only or full disk costs the cache, not the ingest
             pass
+
+
+CACHE_REFS = "refs"  # inside the cache folder: <document sha256>.txt, the keys that version of a document used
+
+
+def write_cache_refs(cache_dir: str | os.PathLike, digest: str, keys: Iterable[str]) -> None:
+    """Record the cache keys the document version ``digest`` (sha256 of its bytes) used, one a line, written
+    atomically (a temporary file, then os.replace). A disk that refuses costs the refs, not the ingest: the
+    entries are then unreferenced and go at the next prune (the file is OCR'd again if parsed again)."""
+    path = Path(cache_dir) / CACHE_REFS / f"{digest}.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_text("".join(f"{k}\n" for k in sorted(keys)), encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        pass
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def prune_cache(cache_dir: str | os.PathLike, live_digests: Iterable[str], keep_after: float | None = None) -> int:
+    """Make the cache hold only what live documents use: delete the refs of document versions not in
+    ``live_digests`` and every entry (and leftover temporary file) that no remaining refs file names. Entries
+    modified after ``keep_after`` (a time.time()) are kept: another ingest may have read them for a file it has
+    not stored yet (they go at a later prune if nothing names them). Entries written before refs existed have
+    no refs: they are unreferenced and go at the first prune. A missing cache folder costs nothing. Returns the
+    number of entries deleted.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for k in ("a" * 64, "b" * 64):
+    ...     (d / k[:2]).mkdir(parents=True); _ = (d / k[:2] / f"{k}.json").write_text("[]")
+    >>> write_cache_refs(d, "1" * 64, ["a" * 64]); write_cache_refs(d, "2" * 64, ["b" * 64])
+    >>> prune_cache(d, ["1" * 64])
+    1
+    >>> sorted(p.name[:2] for p in d.rglob("*.json")), sorted(p.name[:2] for p in (d / CACHE_REFS).iterdir())
+    (['aa'], ['11'])
+    """
+    root = Path(cache_dir)
+    if not root.is_dir():
+        return 0
+    live, used = set(live_digests), set()
+    refs = root / CACHE_REFS
+    for path in (sorted(refs.iterdir()) if refs.is_dir() else []):
+        digest = path.name.split(".")[0]
+        try:
+            if path.suffix == ".txt" and digest in live:
+                used.update(path.read_text(encoding="utf-8").split())
+            elif keep_after is None or path.stat().st_mtime <= keep_after:
+                path.unlink()
+        except OSError:
+            pass
+    deleted = 0
+    for folder in sorted(root.iterdir()):
+        if folder.name == CACHE_REFS or not folder.is_dir() or folder.is_symlink():
+            continue
+        for path in sorted(folder.iterdir()):
+            key = path.name.split(".")[0]
+            if _is_key(key) and key in used and path.suffix == ".json":
+                continue
+            try:
+                if keep_after is not None and path.stat().st_mtime > keep_after:
+                    continue
+                path.unlink()
+                deleted += path.suffix == ".json"
+            except OSError:
+                pass
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    return deleted
 
 
 def _overlap(a: Segment, b: Segment) -> float:
@@ -565,4 +658,5 @@ def _decode(image, limits: LimitSettings, where: str) -> np.ndarray:
 
 __all__ = ["IMAGE_SUFFIXES", "RENDER_DPI", "MAX_OCR_PIXELS", "LOW_CONFIDENCE_MARK", "MIN_CONFIDENCE", "OcrError",
            "OcrProgress", "PageReader", "Segment", "ImageFile", "lines_text", "needs_ocr", "ocr_pdf_page",
-           "ocr_pdf_regions", "reading_order", "recognise", "render_page", "scanned_regions"]
+           "ocr_pdf_regions", "reading_order", "recognise", "render_page", "scanned_regions", "CACHE_REFS",
+           "prune_cache", "write_cache_refs"]

@@ -34,7 +34,13 @@ A knowledge base deleted while the run parses (its folder renamed away) stops th
 
 Scanned PDF pages and image files are read by OCR (``ingest.ocr``) when ``settings.ingest.ocr`` is on; its
 results are also kept by the hash of each page's pixels in the knowledge base's ``ocr-cache`` folder, so a
-file parsed again reads only pages it has not read before. With OCR off, image files are skipped.
+file parsed again reads only pages it has not read before. With OCR off, image files are skipped. When a file
+is stored, the cache keys its parsing used are recorded for its version (``ocr-cache/refs/<sha256>.txt``), and
+the run's last write session prunes the cache (``ingest.ocr.prune_cache``): refs of versions no longer stored
+and entries no live version names are deleted, so the OCR text of a deleted or replaced scan does not stay
+behind. Entries from before refs were recorded go at the first prune. Documents deleted outside an ingest (the
+app's or the API's delete) are pruned at the next ingest run, which also takes the lock for that when it has
+nothing else to write.
 
 The embedder is loaded only when something needs embedding (or a new knowledge base needs its model id),
 so a re-run over an unchanged folder costs hashing and a database read.
@@ -56,7 +62,7 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 
 from ingest.clean import clean_document
-from ingest.ocr import IMAGE_SUFFIXES, OcrProgress, PageReader
+from ingest.ocr import CACHE_REFS, IMAGE_SUFFIXES, OcrProgress, PageReader, prune_cache, write_cache_refs
 from ingest.parse import ParseError, check_regular_file, is_supported, parse_file
 from ingest.split import ChineseTextSplitter, TextChunk
 from kbcore.config import Settings
@@ -203,7 +209,8 @@ def open_or_create_kb(settings: Settings, kb_path: str | os.PathLike | None = No
 
 
 IGNORE_FILE = ".ingestignore"
-# Inside the knowledge-base folder: OCR results by the hash of the pixels read (ingest.ocr.PageReader).
+# Inside the knowledge-base folder: OCR results by the hash of the pixels read (ingest.ocr.PageReader), and in
+# its refs/ folder the keys each stored document version used; pruned at the end of an ingest (ingest.ocr.prune_cache).
 OCR_CACHE = "ocr-cache"
 
 
@@ -251,6 +258,7 @@ class _Prepared:
     tokens: list[str]
     started: float
     reason: str = ""
+    ocr_keys: frozenset = frozenset()  # the OCR cache keys parsing read or wrote (recorded when stored)
 
 
 class _Ingester:
@@ -261,6 +269,8 @@ class _Ingester:
                  progress: ProgressCallback | None, on_embedded: EmbeddedCallback | None = None,
                  on_ocr: OcrProgress | None = None):
         self.kb = kb
+        self.began = time.time()  # cache entries written after this may belong to another run's unstored file
+        self.ocr_cache = kb.path / OCR_CACHE
         self.ocr = PageReader(settings.ingest, kb.path / OCR_CACHE, on_ocr) if settings.ingest.ocr else None
         self.settings = settings
         self.embedder = embedder
@@ -342,7 +352,7 @@ class _Ingester:
                 if sum(len(p.chunks) for _, p in waiting) >= EMBED_SLICE:
                     store_waiting()
             store_waiting()
-        if prune_sources or self.changed_settings or self.wrote:
+        if prune_sources or self.changed_settings or self.wrote or self._cache_stale():
             started = time.perf_counter()
             with self._writing(last=True) as writer:  # the search index is caught up when it closes
                 for n, source in enumerate(prune_sources, start=len(files)):
@@ -352,10 +362,20 @@ class _Ingester:
                     self.progress(n + 1, total, source, result)
                 if self.changed_settings and not self.report.failures:
                     writer.set_settings(self.wanted_settings)
+                # Under the lock, so the live versions are those stored now (a concurrent ingest's refs included).
+                prune_cache(self.ocr_cache, {d.content_hash for d in self.kb.documents()}, keep_after=self.began)
             self._timed("store", started)
         if self.ocr is not None:
             self.report.ocr_pages, self.report.ocr_pages_cached = self.ocr.pages, self.ocr.cached
         return self.report
+
+    def _cache_stale(self) -> bool:
+        """The OCR cache holds refs of a version not stored when the run began (deleted outside an ingest)."""
+        refs = self.ocr_cache / CACHE_REFS
+        if not refs.is_dir():
+            return False
+        live = {d.content_hash for d in self.stored.values()}
+        return any(p.name.split(".")[0] not in live for p in refs.iterdir())
 
     def _prune(self, writer: KnowledgeBaseWriter, source: str) -> FileResult:
         """Delete a document whose file is gone, if it is still the version this run saw."""
@@ -404,7 +424,8 @@ class _Ingester:
         ocr_before = self.ocr.seconds if self.ocr is not None else 0.0
         try:
             try:
-                parsed = parse_file(path, limits, self.ocr)
+                with self.ocr.tracking() if self.ocr is not None else contextlib.nullcontext(set()) as ocr_keys:
+                    parsed = parse_file(path, limits, self.ocr)
             finally:
                 t = self._timed("parse", t)
                 self._move_ocr_time(ocr_before)
@@ -430,7 +451,8 @@ class _Ingester:
         same_bytes = previous is not None and previous.content_hash == digest
         return _Prepared(source, digest, parsed.title, parsed.page_count, chunks,
                          chunk_openings, tokens, t0,
-                         "unchanged file, split again because chunking changed" if same_bytes else "")
+                         "unchanged file, split again because chunking changed" if same_bytes else "",
+                         frozenset(ocr_keys))
 
     def _move_ocr_time(self, before: float) -> None:
         """OCR ran inside parsing; its time is its own stage."""
@@ -479,6 +501,8 @@ class _Ingester:
                               "the run)", current.pages, current.chunks, seconds=time.perf_counter() - prepared.started)
         new_chunks = [NewChunk(c.ordinal, c.page_start, c.page_end, c.heading, c.text, tokens)
                       for c, tokens in zip(prepared.chunks, prepared.tokens)]
+        if prepared.ocr_keys:  # before the document: a run killed in between leaves refs the next prune drops
+            write_cache_refs(self.ocr_cache, prepared.digest, prepared.ocr_keys)
         writer.put_document(prepared.source, content_hash=prepared.digest, title=prepared.title,
                             pages=prepared.pages, chunks=new_chunks, vectors=vectors)
         self.report.characters += sum(len(c.text) for c in prepared.chunks)

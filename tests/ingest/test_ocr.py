@@ -501,3 +501,50 @@ def test_ocr_settings_from_file_and_environment(tmp_path):
     assert load_settings(env={"KBCHAT_INGEST__OCR": "false"}, use_default_file=False).ingest.ocr is False
     with pytest.raises(ValueError, match="ocr_language"):
         load_settings(env={"KBCHAT_INGEST__OCR_LANGUAGE": "fr"}, use_default_file=False)
+
+
+@pytest.mark.slow
+def test_ocr_cache_keeps_only_what_stored_documents_use(eval_dir, tmp_path, settings, monkeypatch):
+    """Each stored scan records the cache keys it used (refs/<sha256>.txt); a pruned document's entries and refs go,
+    entries from before refs existed go too, the other document's stay (it is parsed again without OCR), and a
+    delete outside an ingest is pruned by the next run, even one with nothing else to do."""
+    from ingest.pipeline import OCR_CACHE, content_hash, delete_document, ingest_folder
+
+    docs, kb_path = tmp_path / "docs", tmp_path / "kb"
+    docs.mkdir()
+    a = scanned_pdf(eval_dir / "docs" / "zfcg-xinxi-fabu-guanli-banfa.pdf", docs / "甲.pdf", pages=[1])
+    b = scanned_pdf(eval_dir / "docs" / LAW, docs / "乙.pdf", pages=[2])
+    digests = {a.name: content_hash(a), b.name: content_hash(b)}
+    first = ingest_folder(docs, settings, kb_path=kb_path)
+    assert not first.failures and first.count("added") == 2 and first.ocr_pages == 2
+    cache = kb_path / OCR_CACHE
+
+    def entries() -> set[str]:
+        return {p.stem for p in cache.glob("??/*.json")}
+
+    def refs() -> dict[str, set[str]]:
+        return {p.stem: set(p.read_text(encoding="utf-8").split()) for p in (cache / "refs").glob("*.txt")}
+
+    assert set(refs()) == set(digests.values())
+    keys = {name: refs()[digest] for name, digest in digests.items()}
+    assert all(len(k) == 1 for k in keys.values()) and entries() == keys[a.name] | keys[b.name]
+
+    old = "0" * 64  # an entry written before refs were recorded: named by no refs file
+    (cache / "00").mkdir(exist_ok=True)
+    (cache / "00" / f"{old}.json").write_text("[]", encoding="utf-8")
+    b.unlink()
+    pruned = ingest_folder(docs, settings, kb_path=kb_path, prune=True)
+    assert [r.status for r in pruned.results] == ["skipped", "deleted"]
+    assert entries() == keys[a.name] and set(refs()) == {digests[a.name]}
+
+    forbid_ocr(monkeypatch)  # the remaining scan, parsed again, reads its page from the cache
+    resplit = ingest_folder(docs, settings.with_overrides(chunking={"chunk_size": 200}), kb_path=kb_path)
+    assert resplit.count("updated") == 1 and (resplit.ocr_pages, resplit.ocr_pages_cached) == (0, 1)
+    assert entries() == keys[a.name] and set(refs()) == {digests[a.name]}
+
+    # The app's delete leaves the cache alone; the next ingest run prunes it though it has nothing else to write.
+    assert delete_document(kb_path, a.name)
+    assert entries() == keys[a.name]
+    (tmp_path / "empty").mkdir()
+    ingest_folder(tmp_path / "empty", settings.with_overrides(chunking={"chunk_size": 200}), kb_path=kb_path)
+    assert entries() == set() and refs() == {}
