@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ingest.pipeline import ingest_folder
 from kbcore.config import load_settings
 from kbcore.store import KnowledgeBase
+from tests.ingest.checks import assert_consistent
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hostile import shared_stream_pdf  # noqa: E402  (beside this file)
@@ -28,21 +28,6 @@ NOTE = "# 须知\n\n采购申请由使用部门填写，写明品名、数量和
 @pytest.fixture(scope="module")
 def settings():
     return load_settings(env={}, use_default_file=False)
-
-
-def assert_consistent(kb_path: Path) -> None:
-    """Documents, chunks, stored vectors and the search index agree."""
-    import faiss
-
-    kb = KnowledgeBase(kb_path, readonly=True)
-    try:
-        assert sum(d.chunks for d in kb.documents()) == kb.chunk_count()
-        ids, vectors = kb.vectors()
-        assert len(ids) == kb.chunk_count() and np.isfinite(vectors).all()
-        held = faiss.vector_to_array(kb._vector_index().index.id_map)  # the FAISS index the store searches
-        assert np.array_equal(np.sort(held), ids)
-    finally:
-        kb.close()
 
 
 def test_cli_refuses_links_fifos_and_oversized_files_and_ingests_the_rest(tmp_path):

@@ -23,6 +23,7 @@ from ingest.split import split_document
 from kbcore.config import load_settings
 from kbcore.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseBusyError, NewChunk
 from kbcore.text import openings
+from tests.ingest.checks import assert_consistent
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -209,22 +210,6 @@ def test_a_second_writer_is_refused(tmp_path, eval_dir, settings, embedder):
     kb.close()
 
 
-def _assert_consistent(kb_path: Path) -> None:
-    """Documents, chunks, stored vectors, the vectors.faiss file and the index the store searches agree."""
-    import faiss
-
-    kb = KnowledgeBase(kb_path, readonly=True)
-    try:
-        assert sum(d.chunks for d in kb.documents()) == kb.chunk_count()
-        ids, vectors = kb.vectors()
-        assert len(ids) == kb.chunk_count() and np.isfinite(vectors).all()
-        on_disk = kb._index._read(kb, kb._vectors_epoch())  # as the last writer left it, not caught up here
-        assert on_disk is not None and np.array_equal(np.sort(faiss.vector_to_array(on_disk.id_map)), ids)
-        assert np.array_equal(np.sort(faiss.vector_to_array(kb._vector_index().index.id_map)), ids)
-    finally:
-        kb.close()
-
-
 def test_a_file_being_parsed_holds_no_write_lock(tmp_path, settings, embedder):
     """While one ingest parses a slow file, the lock is free: a delete (refused at once if the lock were held)
     and an ingest of another folder into the same knowledge base go ahead. Afterwards the run stores what it
@@ -302,7 +287,7 @@ def test_a_file_being_parsed_holds_no_write_lock(tmp_path, settings, embedder):
         assert NEW_SENTENCE in note and OLD_SENTENCE not in note
     finally:
         kb.close()
-    _assert_consistent(kb_path)
+    assert_consistent(kb_path, on_disk=True)
 
 
 def test_embedding_mismatch_then_rebuild(tmp_path, settings, embedder):
