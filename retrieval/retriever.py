@@ -16,6 +16,7 @@ import numpy as np
 
 from kbcore.config import RetrievalSettings, Settings
 from kbcore.embedding import Embedder
+from kbcore.locations import sheet_and_row
 from kbcore.store import KnowledgeBase
 from kbcore.text import (NUMERALS, TOKENIZER_VERSION, chunk_tokens, document_opening, openings, search_tokens,
                          stored_opening_chars)
@@ -249,8 +250,10 @@ class Retriever:
         around = self.kb.neighbours(hit.chunk, window + MAX_WIDENING)
         at = next(i for i, c in enumerate(around) if c.id == hit.chunk.id)
         # Widening stays in the hit's section: a contents page or the previous chapter would only add pages
-        # to its citation.
-        same = [i for i, c in enumerate(around) if c.heading == hit.chunk.heading or abs(i - at) <= window]
+        # to its citation. It never crosses a workbook's sheets, whose rows are numbered a million apart.
+        sheet = sheet_and_row(hit.chunk.page_start)[0]
+        same = [i for i, c in enumerate(around) if sheet_and_row(c.page_start)[0] == sheet
+                and (c.heading == hit.chunk.heading or abs(i - at) <= window)]
         first, last = at, at
         while first - 1 in same:
             first -= 1

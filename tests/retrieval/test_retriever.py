@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from kbcore.store import EmbeddingMismatchError, KnowledgeBase
@@ -100,6 +102,30 @@ def test_short_hits_are_widened_with_neighbours_and_cite_all_their_pages(eval_re
     for n, w in zip(narrow, wide):
         if len(n.text) >= wanted:
             assert w.context is None and w.pages == n.pages
+
+
+def test_widening_never_crosses_a_workbooks_sheets(tmp_path, eval_retriever, settings):
+    """A sheet's rows are numbered a million apart from the next sheet's: a hit widened into the next sheet
+    cited a million pages."""
+    import openpyxl
+
+    from ingest.pipeline import ingest_folder
+
+    book = openpyxl.Workbook()
+    book.active.title = "说明"
+    book.active["A1"] = "本表列出政府采购各环节的办理期限。"
+    sheet = book.create_sheet("期限表")
+    for row in [["事项", "期限"], ["供应商质疑答复", "七个工作日"], ["采购合同备案", "二个工作日"]]:
+        sheet.append(row)
+    (tmp_path / "docs").mkdir()
+    book.save(tmp_path / "docs" / "期限.xlsx")
+    ingest_folder(tmp_path / "docs", settings, kb_path=tmp_path / "kb")
+    kb = KnowledgeBase(tmp_path / "kb")
+    wide = Retriever(kb, eval_retriever.embedder, replace(settings.retrieval, context_window=2))
+    hits = wide.search("采购合同备案的期限", k=3)
+    assert len(hits) == 2 and all(h.context_pages is None or h.context_pages[1] - h.context_pages[0] < 10
+                                  for h in hits), [h.context_pages for h in hits]
+    assert sorted(len(h.pages) for h in hits) == [1, 3], [h.pages for h in hits]
 
 
 def test_empty_knowledge_base_gives_no_hits(tmp_path, eval_retriever, settings):
