@@ -1,8 +1,9 @@
 """``python -m llm ask "问题" [--kb KB_DIR] [--adapter NAME] [--json]``
 
 Streams the answer, then lists its sources. With ``--json`` the last line is one JSON object:
-``{"answer", "found", "citations": [{"source", "pages", "snippet"}], "search_query"}``.
-"""
+``{"answer", "found", "citations": [{"source", "pages", "location", "snippet"}], "search_query"}``. ``location`` is
+what a reader looks for ("pp. 4–5", "slide 3", "sheet 销售 rows 5–7"); a workbook's ``pages`` are its encoded
+row numbers (``kbcore.locations.sheet_row_page``)."""
 
 from __future__ import annotations
 
@@ -44,14 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = stream.answer
+    headings = {h.chunk.id: h.heading for h in result.hits}  # a workbook's sheet is named by its heading
+    locations = [location_label(c.source, c.pages, headings.get(c.chunk_id, "")) for c in result.citations]
     if result.citations:
         print("\n来源 / Sources:")
-        for c in result.citations:
-            print(f"  [{c.index}] {c.source} {location_label(c.source, c.pages)}: {c.snippet[:80]}")
+        for c, where in zip(result.citations, locations):
+            print(f"  [{c.index}] {c.source} {where}: {c.snippet[:80]}")
     if args.json:
         print(json.dumps({"answer": result.text, "found": result.found, "search_query": result.search_query,
-                          "citations": [{"source": c.source, "pages": c.pages, "snippet": c.snippet}
-                                        for c in result.citations]}, ensure_ascii=False))
+                          "citations": [{"source": c.source, "pages": c.pages, "location": where,
+                                         "snippet": c.snippet} for c, where in zip(result.citations, locations)]},
+                         ensure_ascii=False))
     return 0
 
 
