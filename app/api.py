@@ -14,8 +14,8 @@ OpenAI-compatible, so the official clients work unchanged (``base_url=http://127
   query or passage prefix (as another kbchat's ``embedding.backend = "openai"`` sends it) is embedded as it is.
 
 Knowledge-base management lives outside ``/v1`` (``/kbs``, ``/jobs``), ``GET /health`` says whether the model is
-loaded and the model servers the settings name answer, and ``/docs`` is the OpenAPI page. Everything a request does is a call into ``app.service`` and
-``app.state``, the same functions the Streamlit app calls.
+loaded and the model servers the settings name answer, and ``/docs`` is the OpenAPI page. Everything a request
+does is a call into ``app.service`` and ``app.state``, the same functions the Streamlit app calls.
 
 Why the checks sit where they do: one model serves every request and generates one answer at a time (the compute
 thread, ``kbcore.compute``), so chat requests wait in a bounded queue here, served in turn per client, where a

@@ -443,16 +443,14 @@ def needs_ocr(page, text: str) -> bool:
     return covered / area >= MIN_IMAGE_COVER
 
 
-def scanned_regions(page, text: str = "") -> list:
+def scanned_regions(page) -> list:
     """The image regions (``pymupdf.Rect``, top to bottom) of a page that OCR reads although the page is no
     scan: images, with adjoining tiles of one image joined, that cover MIN_REGION_COVER of the page, are
     MIN_REGION_SIDE points each way and have fewer than NEAR_EMPTY_CHARS text-layer characters over them.
     Regions that overlap (a scan stored as a colour background plus a text mask) are joined into one, so
-    nothing is read twice. None for a page that ``needs_ocr``: it is read whole."""
+    nothing is read twice. For a page that is no scan: the caller asks ``needs_ocr`` first, a scan is read whole."""
     import pymupdf
 
-    if needs_ocr(page, text):
-        return []
     area = abs(page.rect)
     # get_images reads the page's resources only; get_image_info runs its content once more, as long as a
     # text extraction, so it is left to pages that have images. (An inline image, too small to be a scan

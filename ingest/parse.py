@@ -288,7 +288,7 @@ def _ocr_pdf_pages(path: Path, pdf, pages: list[Page], limits: LimitSettings, oc
             pdf_page = pdf.load_page(i)
             if needs_ocr(pdf_page, page.text):
                 todo[i] = None
-            elif regions := scanned_regions(pdf_page, page.text):
+            elif regions := scanned_regions(pdf_page):
                 todo[i] = regions
     except Exception as exc:  # damaged image objects
         raise ParseError(path, f"damaged PDF: its images cannot be listed ({exc})") from None

