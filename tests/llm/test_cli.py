@@ -8,12 +8,12 @@ import re
 
 import pytest
 
+from tests.workbooks import DEADLINES, deadlines_workbook
+
 pytestmark = pytest.mark.slow
 
 
 def test_ask_json_names_the_sheet_and_rows_of_a_workbook(tmp_path, monkeypatch, capsys, tiny_model_dir):
-    import openpyxl
-
     from ingest.pipeline import ingest_folder
     from kbcore.config import load_settings
     from llm.__main__ import main
@@ -21,13 +21,7 @@ def test_ask_json_names_the_sheet_and_rows_of_a_workbook(tmp_path, monkeypatch, 
     for name in ("KBCHAT_LLM__MODEL", "KBCHAT_LLM__QUANTIZATION", "KBCHAT_LLM__MAX_NEW_TOKENS"):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "docs").mkdir()
-    book = openpyxl.Workbook()
-    book.active.title = "说明"
-    book.active["A1"] = "本表列出政府采购各环节的办理期限。"
-    sheet = book.create_sheet("期限表")
-    for row in [["序号", "事项", "期限"], [1, "供应商质疑答复", "七个工作日"], [2, "采购合同备案", "二个工作日"]]:
-        sheet.append(row)
-    book.save(tmp_path / "docs" / "期限.xlsx")
+    deadlines_workbook(tmp_path / "docs" / "期限.xlsx", DEADLINES[:3])
     ingest_folder(tmp_path / "docs", load_settings(env={}, use_default_file=False), kb_path=tmp_path / "kb")
 
     config = tmp_path / "kbchat.toml"

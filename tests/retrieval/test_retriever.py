@@ -6,6 +6,7 @@ from kbcore.store import EmbeddingMismatchError, KnowledgeBase
 from kbcore.types import Chunk
 from retrieval import Retriever, open_retriever
 from retrieval.adapters import as_langchain_retriever, as_llamaindex_retriever
+from tests.workbooks import DEADLINES, deadlines_workbook
 
 pytestmark = pytest.mark.slow
 
@@ -107,18 +108,10 @@ def test_short_hits_are_widened_with_neighbours_and_cite_all_their_pages(eval_re
 def test_widening_never_crosses_a_workbooks_sheets(tmp_path, eval_retriever, settings):
     """A sheet's rows are numbered a million apart from the next sheet's: a hit widened into the next sheet
     cited a million pages."""
-    import openpyxl
-
     from ingest.pipeline import ingest_folder
 
-    book = openpyxl.Workbook()
-    book.active.title = "说明"
-    book.active["A1"] = "本表列出政府采购各环节的办理期限。"
-    sheet = book.create_sheet("期限表")
-    for row in [["事项", "期限"], ["供应商质疑答复", "七个工作日"], ["采购合同备案", "二个工作日"]]:
-        sheet.append(row)
     (tmp_path / "docs").mkdir()
-    book.save(tmp_path / "docs" / "期限.xlsx")
+    deadlines_workbook(tmp_path / "docs" / "期限.xlsx", [row[1:] for row in DEADLINES[:3]])
     ingest_folder(tmp_path / "docs", settings, kb_path=tmp_path / "kb")
     kb = KnowledgeBase(tmp_path / "kb")
     wide = Retriever(kb, eval_retriever.embedder, replace(settings.retrieval, context_window=2))
