@@ -16,8 +16,9 @@ Per size and index: build time (from kb.sqlite to a searchable index, the index 
 index's own estimate for FAISS; the process's resident memory growth for every index, Milvus Lite included as it
 runs inside this process), query p50/p95 of dense_search at the retriever's depth (50 candidates, one thread),
 and recall@10. BM25: its build from kb.sqlite (time, peak memory), then a retriever's index kept up through a
-write of 1,000 chunks and a replaced document of 1,000, against a fresh retriever's full build. The last line is
-JSON.
+write of 1,000 chunks and a replaced document of 1,000, against a fresh retriever's full build; query p50/p95 of
+the BM25 search alone (the real questions, tokenised as the retriever does) on the fresh build and on the kept-up
+index (segments and masked rows). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -173,13 +174,30 @@ def measure(path: Path, store: StoreSettings, queries: np.ndarray, exact: list[l
     return row, top10
 
 
-def measure_bm25(path: Path, corpus: Corpus, size: int, write: int = 1000) -> dict:
+def bm25_query_ms(index, queries: list[list[str]], depth: int, passes: int = 3) -> tuple[float, float]:
+    """p50 and p95 of ``index.search`` over these tokenised questions (``passes`` times each, after one warm-up)."""
+    for q in queries[:5]:
+        index.search(q, depth)
+    times = []
+    for _ in range(passes):
+        for q in queries:
+            t0 = time.perf_counter()
+            index.search(q, depth)
+            times.append((time.perf_counter() - t0) * 1000)
+    return round(float(np.percentile(times, 50)), 3), round(float(np.percentile(times, 95)), 3)
+
+
+def measure_bm25(path: Path, corpus: Corpus, size: int, questions: list[str], depth: int, write: int = 1000) -> dict:
     """BM25 built from kb.sqlite (time, memory), then kept up by a retriever through a write of ``write`` chunks
-    (a new document) and a replaced document (``write`` chunks out, ``write`` in), against building it again."""
+    (a new document) and a replaced document (``write`` chunks out, ``write`` in), against building it again.
+    Query latency (the search alone, at the retriever's depth) on the fresh build and on the kept-up index."""
     from types import SimpleNamespace
 
     from retrieval.lexical import BM25Index
-    from retrieval.retriever import Retriever
+    from retrieval.retriever import MAX_QUERY_CHARS, Retriever
+
+    # Tokenised as Retriever.search does before it asks the index.
+    queries = [search_tokens(q.strip()[:MAX_QUERY_CHARS]) for q in questions]
 
     kb = KnowledgeBase(path, readonly=True)
     gc.collect()
@@ -196,6 +214,7 @@ def measure_bm25(path: Path, corpus: Corpus, size: int, write: int = 1000) -> di
            "bm25_terms": terms, "bm25_density": nnz / max(1, len(index) * terms),
            "bm25_matrix_mb": round(index.nbytes / 2**20, 1), "bm25_tokens_mb": round(tokens_mb, 1),
            "bm25_peak_mb": round((peak_rss() - before) / 2**20, 1)}
+    row["bm25_query_p50_ms"], row["bm25_query_p95_ms"] = bm25_query_ms(index, queries, depth)
     del index, tokens, ids
     kb.close()
 
@@ -215,6 +234,8 @@ def measure_bm25(path: Path, corpus: Corpus, size: int, write: int = 1000) -> di
         row[f"bm25_{label}_s"] = round(time.perf_counter() - began, 3)
         assert retriever.lexical_tokens_read - read == write, "the retriever rebuilt the index"
     row["bm25_segments"] = index.segments
+    row["bm25_masked_rows"] = sum(s.dead for s in index._segments)
+    row["bm25_written_query_p50_ms"], row["bm25_written_query_p95_ms"] = bm25_query_ms(index, queries, depth)
     began = time.perf_counter()
     fresh = Retriever(kb, embedder, retrieval)._lexical_index()
     row["bm25_rebuild_s"] = round(time.perf_counter() - began, 1)
@@ -286,15 +307,18 @@ def main() -> None:
 
                 server_manager_instance.release_all()  # before its folder is removed
             if size <= args.bm25_max:
-                bm25 = {"chunks": size, "setting": "bm25", **measure_bm25(path, corpus, size)}
+                bm25 = {"chunks": size, "setting": "bm25", **measure_bm25(path, corpus, size, questions, depth)}
                 rows.append(bm25)
                 print(f"{size:>8} | bm25: {bm25['bm25_nonzeros']:,} non-zeros over {bm25['bm25_terms']:,} terms "
                       f"(density {bm25['bm25_density']:.2e}), counts {bm25['bm25_matrix_mb']} MB; build "
                       f"{bm25['bm25_build_s']} s ({bm25['bm25_fetch_s']} s reading tokens), peak "
                       f"+{bm25['bm25_peak_mb']} MB (token strings +{bm25['bm25_tokens_mb']} MB); retriever after "
                       f"a write of 1,000 chunks {bm25['bm25_add_s']} s, after replacing a document of 1,000 "
-                      f"{bm25['bm25_replace_s']} s ({bm25['bm25_segments']} segments), rebuilt "
-                      f"{bm25['bm25_rebuild_s']} s", flush=True)
+                      f"{bm25['bm25_replace_s']} s ({bm25['bm25_segments']} segments, "
+                      f"{bm25['bm25_masked_rows']} rows masked), rebuilt {bm25['bm25_rebuild_s']} s; query p50 / p95 "
+                      f"{bm25['bm25_query_p50_ms']} / {bm25['bm25_query_p95_ms']} ms fresh, "
+                      f"{bm25['bm25_written_query_p50_ms']} / {bm25['bm25_written_query_p95_ms']} ms after the "
+                      f"writes", flush=True)
     print(json.dumps({"cpu": cpu_flags(), "spread": args.spread, "queries": len(queries), "rows": rows},
                      ensure_ascii=False))
 
