@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -34,13 +35,14 @@ def _records(args, settings):
 
 def cmd_train(args, settings) -> int:
     from finetune.data import data_sha256, encode_all
-    from finetune.train import config_from_settings, train_adapter
+    from finetune.train import config_from_settings, local_base, train_adapter
     from engine.models import load_model
 
+    base = local_base(settings)
     config = config_from_settings(settings.finetune, max_steps=args.max_steps, max_seq_length=args.max_seq_length,
                                        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr)
     records = _records(args, settings)
-    loaded = load_model(settings.llm, settings.cache_dir, adapters_dir=settings.adapters_dir, for_training=True)
+    loaded = load_model(base, settings.cache_dir, adapters_dir=settings.adapters_dir, for_training=True)
     examples = encode_all(loaded.tokenizer, records, config.max_seq_length)
     print(f"{len(examples)} examples, {sum(e.answer_tokens for e in examples)} answer tokens; "
           f"base {loaded.model_id} ({loaded.base_sha256[:12]}); {config}", file=sys.stderr)
@@ -51,8 +53,9 @@ def cmd_train(args, settings) -> int:
 
 def cmd_eval(args, settings) -> int:
     from finetune.evaluate import compare, format_table, summary_line
-    from finetune.train import update_metrics
+    from finetune.train import local_base, update_metrics
 
+    settings = replace(settings, llm=local_base(settings))
     records = _records(args, settings)[: args.limit or None]
     result = compare(settings, args.adapter, records, max_seq_length=args.max_seq_length or
                      settings.finetune.max_seq_length, max_new_tokens=args.max_new_tokens)
@@ -68,8 +71,9 @@ def cmd_eval(args, settings) -> int:
 
 def cmd_merge(args, settings) -> int:
     from finetune.merge import merge_adapter
+    from finetune.train import local_base
 
-    out = merge_adapter(settings, args.adapter, args.out)
+    out = merge_adapter(replace(settings, llm=local_base(settings)), args.adapter, args.out)
     print(f"standalone model written to {out}")
     return 0
 
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from finetune.data import DataError
+    from finetune.train import BaseModelError
     from kbcore.config import load_settings
     from kbcore.store import KnowledgeBaseError
     from engine.adapters import AdapterError
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     try:
         return args.run(args, settings)
-    except (DataError, AdapterError, KnowledgeBaseError, ModelProvisionError) as exc:
+    except (DataError, AdapterError, BaseModelError, KnowledgeBaseError, ModelProvisionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

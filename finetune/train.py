@@ -28,13 +28,39 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from finetune.data import IGNORE_INDEX, Encoded
-from kbcore.config import FinetuneSettings
+from kbcore.config import FinetuneSettings, LLMSettings, Settings
 
 # LoRA on all linear layers of a Qwen2/Llama block: the QLoRA paper found this is what matches full fine-tuning
 # (attention-only LoRA loses quality); the output layer and embeddings stay frozen.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKPOINT = "checkpoint"
 LOSS_LOG = "loss_log.jsonl"
+
+
+class BaseModelError(ValueError):
+    """No local base model to train an adapter on; the message names the setting to set."""
+
+
+def local_base(settings: Settings) -> LLMSettings:
+    """The local model adapters are trained, evaluated and merged on: ``llm`` itself with the local backend. With
+    ``backend = "openai"`` ``llm.model`` is only the name a server serves, not weights this machine holds, and
+    training on whatever that name loads here could give an adapter for other weights than the server's; so the
+    base must be named in ``finetune.base_model``, and without it this fails before any work is done."""
+    llm, base = settings.llm, settings.finetune.base_model
+    if llm.backend == "local":
+        if base is not None and base != llm.model:
+            raise BaseModelError(
+                f"finetune.base_model {base!r} is for llm.backend 'openai'; with the local backend adapters are "
+                f"trained on llm.model {llm.model!r} (the model that will apply them): unset finetune.base_model "
+                f"or set llm.model")
+        return llm
+    if not base:
+        raise BaseModelError(
+            f"llm.backend is {llm.backend!r}: the served model {llm.model!r} is a name on the server, not weights "
+            f"on this machine; set finetune.base_model (or KBCHAT_FINETUNE__BASE_MODEL) to the same base weights "
+            f"the server serves (a preset, a Hugging Face id or a local directory), since an adapter works only on "
+            f"the weights it was trained on (docs/deploy.md)")
+    return dataclasses.replace(llm, backend="local", model=base, adapter=None, base_url=None, api_key=None)
 
 
 def config_from_settings(finetune_settings: FinetuneSettings, **overrides) -> FinetuneSettings:

@@ -276,6 +276,10 @@ class FinetuneSettings:
     # Recompute activations in backward: memory grows with layers x tokens otherwise (bench/bench_train.py).
     gradient_checkpointing: bool = True
     checkpoint_every: int = 10
+    # With llm.backend "openai" (llm.model is then only a name on the server): the local weights adapters are trained,
+    # evaluated and merged on (preset, Hugging Face id or directory); the server's own, as an adapter works only on
+    # the weights it was trained on (docs/deploy.md). The local backend uses llm.model.
+    base_model: str | None = None
 
 
 @dataclass(frozen=True)
