@@ -98,8 +98,10 @@ class Answer:
     question: str = ""
     # The standalone question actually used for retrieval (differs from ``question`` for follow-ups).
     search_query: str = ""
-    # Why the model's own text was no answer ("loop", "echo", "placeholder", ... see llm.checks), when it was
-    # not; the text shown is then a quote of the best passage.
+    # Why the model's own text was no answer, when it was not: degenerate ("loop", "echo", "placeholder", ...
+    # llm.checks), no quantity where one was asked, a claim no passage holds ("unsupported"), or the number of a
+    # neighbouring clause ("misplaced"); the text shown is then a quote of the best passage, or "not found".
+    # "list": asked which ones, the answer shown is the list a passage gives whole.
     degenerate: str | None = None
     # Claims of the answer (numbers) that its cited passages do not contain: shown to the user as unverified.
     unsupported: tuple[str, ...] = ()

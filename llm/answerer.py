@@ -19,10 +19,13 @@ from engine.generate import generate, stream_from_compute_thread
 from engine.models import LoadedModel, load_model
 from kbcore.config import LLMSettings, Settings
 from kbcore.types import Answer, Hit
-from llm.checks import asked_quantity, degenerate_reason, states_quantity, trim_loop
+from llm.checks import (asked_quantity, asks_for_list, degenerate_reason, states_quantity, trim_loop,
+                        without_restatements)
 from llm.citations import attribute
-from llm.passages import asked_names, missing_numbers, missing_titles, quote, select_passages
-from llm.prompts import NOT_FOUND, QUOTED, UNMENTIONED, build_messages, language_of, render_prompt
+from llm.passages import (asked_names, is_list, misplaced_quantity, missing_numbers, missing_titles, quote,
+                          select_passages)
+from llm.prompts import (ANSWER_RULE, NOT_FOUND, QUOTED, SYSTEM, UNMENTIONED, build_messages, language_of,
+                         render_prompt)
 
 # Signs that a question leans on the previous turn: "and what about", pronouns, "this/that article", a trailing 呢.
 _FOLLOW_UP = re.compile(
@@ -150,27 +153,40 @@ class Answerer:
             return self._not_found(prepared, language)
         passages, question = prepared.passages, prepared.question
         sources = [h.source for h in passages]
-        degenerate = degenerate_reason(text, question, sources)
+        said = without_restatements(text, question, (ANSWER_RULE[language], SYSTEM[language]))
+        degenerate = degenerate_reason(said, question, sources) if said else "echo"
+        text = said or text
         if degenerate is None and (wants := asked_quantity(question)) and not states_quantity(text, wants):
             # Asked "how many days", it gave no number of days: it answered another question.
             degenerate = "no_quantity"
         if degenerate is None:
             found = attribute(text, passages, question)
-            if found.citations and not found.numbers:
+            if not found.citations or found.numbers:
+                # Nothing of it in any passage, or a number no passage it cites holds: the 0.5B took it from
+                # nowhere or from the wrong law.
+                degenerate = "unsupported"
+            elif misplaced_quantity(question, text, passages):
+                degenerate = "misplaced"  # the number of a neighbouring clause
+            elif asks_for_list(question) and (quoted := self.quote(question, passages)) and is_list(quoted):
+                # Asked which ones, the 0.5B dropped or mixed up items of the list a passage gives whole.
+                return self._answer(prepared, attribute(QUOTED[language] + quoted, passages, question), "list")
+            else:
                 return self._answer(prepared, found)
-            # Nothing of it in any passage, or a number no passage it cites holds: the 0.5B took it from nowhere
-            # or from the wrong law.
-            degenerate = "unsupported"
         usable = trim_loop(text) if degenerate == "loop" else None
         if usable is None or degenerate_reason(usable, question, sources) is not None:
             # No usable answer from the model: show the passage sentence that best matches the question, marked
             # as a quote, rather than the model's output or a guess; when no sentence matches it well enough,
             # the documents did not answer it.
-            quoted = quote(question, passages, min_share=self.settings.llm.min_quote_share)
+            quoted = self.quote(question, passages)
             if quoted is None:
                 return self._not_found(prepared, language, degenerate)
-            usable = QUOTED[language] + quoted[1]
+            usable = QUOTED[language] + quoted
         return self._answer(prepared, attribute(usable, passages, question), degenerate)
+
+    def quote(self, question: str, passages: Sequence[Hit]) -> str | None:
+        """The passage sentence (with the list it opens) that answers the question, or None (``llm.passages.quote``)."""
+        quoted = quote(question, passages, min_share=self.settings.llm.min_quote_share)
+        return None if quoted is None else quoted[1]
 
     @staticmethod
     def _not_found(prepared: Prepared, language: str, degenerate: str | None = None) -> Answer:

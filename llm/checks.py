@@ -165,6 +165,32 @@ def degenerate_reason(text: str, question: str, sources: Sequence[str] = ()) -> 
     return None
 
 
+def without_restatements(text: str, question: str, instructions: Sequence[str] = ()) -> str:
+    """``text`` less the sentences that ask the question back (a question mark, and nearly all its words the
+    question's) or say the prompt's own instructions: the 0.5B opened answers with the question and closed them
+    with the prompt's last line. What is left is the answer to check.
+
+    >>> without_restatements("Debian 软件包有哪些优先级[1]？有必需、重要和标准[2]。", "Debian 软件包有哪些优先级？")
+    '有必需、重要和标准[2]。'
+    >>> without_restatements("要写 Closes: #123[1]。请直接用完整的句子回答问题的内容。", "写什么能关闭 bug？",
+    ...                      ["请直接用完整的句子回答问题的内容。"])
+    '要写 Closes: #123[1]。'
+    >>> without_restatements("可以。这样做对吗？对。", "可以分两阶段招标吗？")
+    '可以。这样做对吗？对。'
+    """
+    asked, said = bigrams(content_of(question)), [bigrams(content_of(i)) for i in instructions]
+
+    def restates(sentence: str) -> bool:
+        grams = bigrams(content_of(sentence))
+        if len(grams) < 3:
+            return False
+        if sentence.rstrip().endswith(("？", "?")) and len(grams & asked) >= 0.8 * len(grams):
+            return True
+        return any(len(grams & g) >= 0.8 * len(grams) for g in said)
+
+    return "".join(s for s in _SENTENCE_END.split(text) if not restates(s)).strip()
+
+
 # ------------------------------------------------------------------ the quantity asked
 # What a question asks for when it asks for a quantity, and what a sentence must state to give it: "多少投诉费"
 # wants money, and a sentence giving "十五个工作日" answers something else. The first pattern that matches decides.
@@ -229,12 +255,37 @@ def states_quantity(sentence: str, kind: str) -> bool:
     >>> states_quantity("用户运行一个其他的发行版。", "count"), states_quantity("至少十一个候选人。", "count")
     (False, True)
     """
-    raw = _SECTION_NUMBER.sub("", _ORDINAL.sub("", _MARKERS.sub("", sentence)))
-    raw = _ARTICLE_ONE.sub("", raw)
-    folded = fold(raw)
-    if kind in _UNITS_OF:
-        return bool(re.search(_UNITS_OF[kind], folded))
-    return bool(re.search(_ANY_UNIT, folded) or re.search(r"[0-9０-９]", raw))
+    if stated_quantities(sentence, kind):
+        return True
+    # Any number counts as a count, in digits even without a measure word.
+    return kind not in _UNITS_OF and bool(re.search(r"[0-9０-９]", _without_labels(sentence)))
+
+
+# "哪些条件", "哪几种", "什么情况下", "有什么要求": the answer is a list, and every item of it is asked for.
+_ASKS_LIST = re.compile(r"哪些|哪几|什么(?:条件|情况|情形|要求|材料|内容)|包括什么")
+
+
+def asks_for_list(question: str) -> bool:
+    """Whether a Chinese question asks for the items of a list.
+
+    >>> asks_for_list("供应商要具备哪些条件？"), asks_for_list("什么情况下可以不招标？"), asks_for_list("要在几天内答复？")
+    (True, True, False)
+    """
+    return bool(_ASKS_LIST.search(question))
+
+
+def stated_quantities(sentence: str, kind: str) -> list[str]:
+    """The quantities of ``kind`` that ``sentence`` states, folded, article numbers and citation markers left out.
+
+    >>> stated_quantities("应当在三十日内订立合同，七个工作日内答复[1]。", "time")
+    ['30日', '7个工作日']
+    """
+    return re.findall(_UNITS_OF.get(kind, _ANY_UNIT), fold(_without_labels(sentence)))
+
+
+def _without_labels(sentence: str) -> str:
+    """The sentence less what numbers no quantity: citation markers, article and section numbers, "一个" as "a"."""
+    return _ARTICLE_ONE.sub("", _SECTION_NUMBER.sub("", _ORDINAL.sub("", _MARKERS.sub("", sentence))))
 
 
 # ------------------------------------------------------------------ grounding

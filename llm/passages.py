@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from kbcore.text import document_opening, tagged_words
 from kbcore.types import Hit
-from llm.checks import asked_quantity, bigrams, content_of, fold, holds_number, states_quantity
+from llm.checks import (asked_quantity, bigrams, content_of, fold, holds_number, stated_quantities,
+                         states_quantity)
 from llm.prompts import language_of
 
 # Characters of a document's head that hold its identity block (kbcore.config.ChunkSettings.opening_chars).
@@ -109,28 +110,103 @@ def quote(question: str, passages: Sequence[Hit], longest: int = 200, min_share:
     >>> quote("按招标投标法实施条例，招标人收到对招标文件的异议后要在几天内答复？", rules)
     (0, '第二十二条 招标人应当自收到异议之日起3日内作出答复。')
     """
-    question = without_cited_headings(question, passages)
-    asked = bigrams(content_of(question))
-    # The parties or case number the question names are in every sentence of the right document's head:
-    # what is asked about is the rest.
-    asked -= set().union(*(bigrams(content_of(identity(h))) for h in passages))
+    question, asked = asked_words(question, passages)
     wants = asked_quantity(question)
     best, best_score, best_shared = None, 0, 0
-    for i, hit in enumerate(passages):
-        for sentence in _SENTENCE.findall(hit.text):
-            if len(content_of(sentence)) < 8:  # a title or a heading says nothing the question asks
-                continue
-            shared = len(asked & bigrams(content_of(sentence)))
-            score = shared
-            if score and wants and states_quantity(sentence, wants):
-                score += 2  # the question asks for an amount, a count or a time, and this sentence gives one
-            if score > best_score:
-                best, best_score, best_shared = (i, sentence.strip()[:longest]), score, shared
+    for i, sentence, shared in scored_sentences(asked, passages):
+        score = shared
+        if score and wants and states_quantity(sentence, wants):
+            score += 2  # the question asks for an amount, a count or a time, and this sentence gives one
+        if score > best_score:
+            best, best_score, best_shared = (i, sentence[:longest]), score, shared
     if best is None or best_shared < min_share * len(asked) or (wants and not states_quantity(best[1], wants)):
         return None
     if unread_terms(question, passages):
         return None  # the passages are about something near, not the thing asked (质保金 beside 履约保证金)
-    return best
+    return best[0], with_list_items(passages[best[0]].text, best[1], 2 * longest)
+
+
+# An item of an enumeration: （一） (2) 三、 4. •
+_LIST_ITEM = re.compile(r"\s*(?:[（(][一二三四五六七八九十\d]{1,3}[)）]|[一二三四五六七八九十]{1,3}、|\d{1,2}[.、](?!\d)|•)")
+
+
+def with_list_items(text: str, sentence: str, longest: int = 400) -> str:
+    """``sentence``, and when it opens a list (it ends in a colon), the enumerated items that follow it in
+    ``text``, up to ``longest`` characters: "应当具备下列条件：" says nothing without them.
+
+    >>> article = "第二十二条 供应商应当具备下列条件：\\n（一）具有独立承担民事责任的能力；\\n（二）具有良好的商业信誉。\\n第二十三条 ……"
+    >>> with_list_items(article, "第二十二条 供应商应当具备下列条件：")
+    '第二十二条 供应商应当具备下列条件：（一）具有独立承担民事责任的能力；（二）具有良好的商业信誉。'
+    >>> is_list(_), is_list("第二十三条 ……")
+    (True, False)
+    """
+    start = text.find(sentence)
+    if start < 0 or not sentence.endswith(("：", ":")):
+        return sentence
+    out = sentence
+    for item in _SENTENCE.findall(text[start + len(sentence):]):
+        if not _LIST_ITEM.match(item) or len(out) + len(item.strip()) > longest:
+            break
+        out += item.strip()
+    return out
+
+
+def is_list(text: str) -> bool:
+    """Whether ``text`` holds a list: a colon followed by an enumerated item."""
+    return bool(re.search(r"[：:]" + _LIST_ITEM.pattern, text))
+
+
+def asked_words(question: str, passages: Sequence[Hit]) -> tuple[str, set[str]]:
+    """The question less the titles it cites (``without_cited_headings``), and the character pairs of what it
+    asks: less the parties or case number it names, which every sentence of the right document's head holds."""
+    question = without_cited_headings(question, passages)
+    asked = bigrams(content_of(question))
+    return question, asked - set().union(*(bigrams(content_of(identity(h))) for h in passages))
+
+
+def scored_sentences(asked: set[str], passages: Sequence[Hit]) -> Iterator[tuple[int, str, int]]:
+    """(0-based passage, sentence, character pairs it shares with ``asked``) for each sentence of the passages;
+    a title or a heading (under 8 characters of content) says nothing a question asks and is left out."""
+    for i, hit in enumerate(passages):
+        for sentence in _SENTENCE.findall(hit.text):
+            if len(content_of(sentence)) >= 8:
+                yield i, sentence.strip(), len(asked & bigrams(content_of(sentence)))
+
+
+# How many more of the question's character pairs another sentence must hold before the answer's quantity is
+# taken for the neighbouring clause's (llm.eval: from 1 to 4 it changed the same answers, all to right ones).
+MISPLACED_MARGIN = 2
+
+
+def misplaced_quantity(question: str, answer: str, passages: Sequence[Hit]) -> list[str]:
+    """The quantities an answer gives for the one the question asks, when another passage sentence stating a
+    quantity of that kind matches the question clearly better than any sentence holding the answer's: the 0.5B
+    read the number from the clause next door ("7个工作日" of the complaints article, asked when the contract
+    must be signed). Empty when the answer's quantity is the best-placed one. Counts are not checked: any number
+    is one, and a list's numbering would trip it.
+
+    >>> from kbcore.types import Chunk, Hit
+    >>> law = [Hit(Chunk(1, 1, "fa.pdf", 1, 3, 3, "法", "第四十六条 采购人应当自中标通知书发出之日起三十日内，与中标人签订政府"
+    ...                                       "采购合同。第五十二条 供应商可以在知道其权益受到损害之日起七个工作日内提出质疑。"), 1.0)]
+    >>> misplaced_quantity("中标通知书发出后，要在多少天内签合同？", "应当在7个工作日内签合同[1]。", law)
+    ['7个工作日']
+    >>> misplaced_quantity("中标通知书发出后，要在多少天内签合同？", "应当在30日内签订合同[1]。", law)
+    []
+    """
+    wants = asked_quantity(question)
+    if wants in (None, "count"):
+        return []
+    question, asked = asked_words(question, passages)
+    given = [q for q in stated_quantities(answer, wants) if not holds_number(fold(question), q)]
+    if not given:
+        return []
+    holding, other = 0, 0
+    for _, sentence, shared in scored_sentences(asked, passages):
+        if any(holds_number(fold(sentence), q) for q in given):
+            holding = max(holding, shared)
+        elif states_quantity(sentence, wants):
+            other = max(other, shared)
+    return given if other > holding + MISPLACED_MARGIN else []
 
 
 def without_cited_headings(question: str, passages: Sequence[Hit], shortest: int = 4) -> str:

@@ -216,6 +216,60 @@ def test_an_answer_without_the_quantity_asked_is_replaced_by_the_sentence_that_g
     assert result.text == QUOTED["zh"] + "中标通知书发出之日起三十日内，采购人与中标供应商应当签订合同[1]。"
 
 
+def test_a_number_read_from_the_neighbouring_clause_is_replaced_by_the_clause_that_answers(tiny, monkeypatch):
+    """Asked when the contract must be signed, the model gave the complaints article's seven working days: a
+    number its passage holds, from the sentence that is not about the question. The sentence that is, is shown;
+    the right number from the right sentence is kept."""
+    tiny_settings, loaded = tiny
+    passages = [hit(1, "第四十六条 中标通知书发出之日起三十日内，采购人与中标供应商应当签订政府采购合同。"
+                       "第五十二条 供应商认为采购文件使自己的权益受到损害的，可以在七个工作日内提出质疑。")]
+    answerer = Answerer(tiny_settings, FixedRetriever(passages), loaded)
+    question = "中标通知书发出后，要在多少天内签合同？"
+    monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter(["应当在7个工作日内签合同。"]))
+    result = answerer.answer(question)
+    assert result.degenerate == "misplaced" and result.found
+    assert result.text == QUOTED["zh"] + "第四十六条 中标通知书发出之日起三十日内，采购人与中标供应商应当签订政府采购合同[1]。"
+    monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter(["应当在30日内签订合同。"]))
+    kept = answerer.answer(question)
+    assert kept.degenerate is None and kept.text == "应当在30日内签订合同[1]。"
+
+
+def test_the_question_asked_back_and_the_prompts_instruction_are_not_shown(tiny, monkeypatch):
+    """The model opened with the question and closed with the prompt's last line: the answer is what lies
+    between; when nothing does, the answer is a quote, recorded as an echo."""
+    from llm.prompts import ANSWER_RULE
+
+    tiny_settings, loaded = tiny
+    passages = [hit(1, "第二十二条 供应商应当具有良好的商业信誉和健全的财务会计制度。")]
+    answerer = Answerer(tiny_settings, FixedRetriever(passages), loaded)
+    question = "供应商应当具备什么条件？"
+    generated = f"供应商应当具备什么条件？应当具有良好的商业信誉。{ANSWER_RULE['zh']}"
+    monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter([generated]))
+    result = answerer.answer(question)
+    assert result.degenerate is None and result.text == "应当具有良好的商业信誉[1]。"
+    monkeypatch.setattr(Answerer, "generate",
+                        lambda self, prompt, options=None: iter([f"{question}{ANSWER_RULE['zh']}"]))
+    echoed = answerer.answer(question)
+    assert echoed.degenerate == "echo"
+    assert echoed.text == QUOTED["zh"] + "第二十二条 供应商应当具有良好的商业信誉和健全的财务会计制度[1]。"
+
+
+def test_a_question_that_asks_which_ones_is_answered_with_the_whole_list(tiny, monkeypatch):
+    """Asked which conditions, the model named one of the list's items: the list the passage gives is shown,
+    quoted, from its opening sentence to its last item and no further."""
+    tiny_settings, loaded = tiny
+    passages = [hit(1, "第二十二条 供应商参加政府采购活动应当具备下列条件：\n（一）具有独立承担民事责任的能力；\n"
+                       "（二）具有良好的商业信誉和健全的财务会计制度；\n（三）有依法缴纳税收的良好记录。\n第二十三条 另有规定。")]
+    answerer = Answerer(tiny_settings, FixedRetriever(passages), loaded)
+    monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter(["供应商应当具有良好的商业信誉。"]))
+    result = answerer.answer("供应商参加政府采购要具备哪些条件？")
+    assert result.degenerate == "list" and result.found
+    assert result.text == QUOTED["zh"] + ("第二十二条 供应商参加政府采购活动应当具备下列条件：（一）具有独立承担民事责任的能力；"
+                                          "（二）具有良好的商业信誉和健全的财务会计制度；（三）有依法缴纳税收的良好记录[1]。")
+    kept = answerer.answer("供应商的商业信誉有什么用？")  # not a list question: the model's answer stands
+    assert kept.degenerate is None and kept.text == "供应商应当具有良好的商业信誉[1]。"
+
+
 def test_a_degenerate_generation_with_no_passage_sentence_on_the_question_is_not_found(tiny, monkeypatch):
     """No usable answer, and the best passage sentence is about something else or gives no number where one is
     asked: "not found", not a quote of a tangent."""
