@@ -161,9 +161,9 @@ class Answerer:
             degenerate = "no_quantity"
         if degenerate is None:
             found = attribute(text, passages, question)
-            if not found.citations or found.numbers:
-                # Nothing of it in any passage, or a number no passage it cites holds: the 0.5B took it from
-                # nowhere or from the wrong law.
+            if not found.citations or found.claims:
+                # Nothing of it in any passage, or a number or name no passage it cites holds: the 0.5B took it
+                # from nowhere or from the wrong law.
                 degenerate = "unsupported"
             elif misplaced_quantity(question, text, passages):
                 degenerate = "misplaced"  # the number of a neighbouring clause

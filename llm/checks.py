@@ -311,6 +311,24 @@ def unsupported_numbers(text: str, passages: Sequence[str], question: str = "") 
     return [n for n in numbers_in(text) if not holds_number(seen, n)]
 
 
+# Latin-script terms (commands, packages, names) are claims as much as numbers are: the 0.5B spelled out an
+# acronym in words no passage holds. A code fence's language tag ("```bash") is formatting, not a claim.
+_LATIN_TERM = re.compile(r"(?<![A-Za-z0-9`])[A-Za-z][A-Za-z0-9]*(?:[._+-][A-Za-z0-9]+)*")
+
+
+def unsupported_terms(text: str, passages: Sequence[str], question: str = "") -> list[str]:
+    """The Latin-script words of three or more characters in ``text`` that neither the passages nor the question
+    hold (after ``fold``).
+
+    >>> unsupported_terms("FTBFS 的全称是 Full Binary Tarball Format。", ["FTBFS：Fails To Build From Source"])
+    ['Full', 'Binary', 'Tarball', 'Format']
+    >>> unsupported_terms("用 pbuilder：```bash\\nsudo pbuilder create\\n```", ["sudo pbuilder create"])
+    []
+    """
+    seen = fold(question) + "\n" + "\n".join(fold(p) for p in passages)
+    return list(dict.fromkeys(w for w in _LATIN_TERM.findall(text) if len(w) >= 3 and fold(w) not in seen))
+
+
 def holds_number(folded: str, number: str) -> bool:
     """Whether ``folded`` text holds the folded ``number`` as a whole number: "12" is not in "120", but
     "2021年" is in "2021年7月".

@@ -21,7 +21,7 @@ import re
 from typing import NamedTuple, Sequence
 
 from kbcore.types import Citation, Hit
-from llm.checks import bigrams, content_of, numbers_in, unsupported_numbers
+from llm.checks import bigrams, content_of, numbers_in, unsupported_numbers, unsupported_terms
 
 # [1], [1, 2], 【1】, ［1］, [1-3]: whatever markers the model wrote itself are dropped.
 _MARKER = re.compile(r"\s*[\[【［]\s*\d+(?:\s*[,，、\-–]\s*\d+)*\s*[\]】］]")
@@ -59,11 +59,11 @@ class Attribution(NamedTuple):
     text: str  # the answer with a [n] after each run of sentences that one passage supports
     citations: list[Citation]  # the cited passages, numbered in citing order
     sentences: list[str]  # sentences no passage supports
-    numbers: list[str]  # numbers the cited passages do not hold
+    claims: list[str]  # numbers and Latin-script terms the cited passages do not hold
 
     @property
     def unsupported(self) -> list[str]:
-        return self.sentences + self.numbers
+        return self.sentences + self.claims
 
 
 def attribute(text: str, passages: Sequence[Hit], question: str = "") -> Attribution:
@@ -93,9 +93,10 @@ def attribute(text: str, passages: Sequence[Hit], question: str = "") -> Attribu
             piece = f"{body}[{order.index(source) + 1}]{piece[len(body):]}"
         out.append(piece)
     cited = [passages[i] for i in order]
-    numbers = unsupported_numbers(text, [h.text for h in cited], question) if cited else []
+    held = [h.text for h in cited]
+    claims = unsupported_numbers(text, held, question) + unsupported_terms(text, held, question) if cited else []
     return Attribution("".join(out), [_citation(n, hit) for n, hit in enumerate(cited, start=1)], unsupported,
-                       numbers)
+                       claims)
 
 
 def supporting_passage(text: str, passages: Sequence[Hit], min_overlap: float = 0.35) -> int | None:

@@ -234,6 +234,24 @@ def test_a_number_read_from_the_neighbouring_clause_is_replaced_by_the_clause_th
     assert kept.degenerate is None and kept.text == "应当在30日内签订合同[1]。"
 
 
+def test_a_name_no_passage_holds_is_not_shown_as_fact(tiny, monkeypatch):
+    """The model spelled an acronym out in words no passage holds: like a number no passage holds, the answer is
+    replaced by the passage sentence on the question; a code fence's language tag is no such name."""
+    tiny_settings, loaded = tiny
+    passages = [hit(1, "软件包无法从源代码构建时，这个错误叫 FTBFS，即 Fails To Build From Source 的缩写。")]
+    answerer = Answerer(tiny_settings, FixedRetriever(passages), loaded)
+    question = "FTBFS 这个缩写的英文全称是什么？"
+    monkeypatch.setattr(Answerer, "generate",
+                        lambda self, prompt, options=None: iter(["软件包无法从源代码构建时，这个错误叫 FTBFS，全称是 Full Binary "
+                                                                 "Tarball Format。"]))
+    result = answerer.answer(question)
+    assert result.degenerate == "unsupported" and "Tarball" not in result.text
+    assert result.text == QUOTED["zh"] + "软件包无法从源代码构建时，这个错误叫 FTBFS，即 Fails To Build From Source 的缩写[1]。"
+    monkeypatch.setattr(Answerer, "generate", lambda self, prompt, options=None: iter(
+        ["全称是 Fails To Build From Source：\n```bash\nFTBFS\n```"]))
+    assert answerer.answer(question).degenerate is None
+
+
 def test_the_question_asked_back_and_the_prompts_instruction_are_not_shown(tiny, monkeypatch):
     """The model opened with the question and closed with the prompt's last line: the answer is what lies
     between; when nothing does, the answer is a quote, recorded as an echo."""

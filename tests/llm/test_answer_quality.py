@@ -66,3 +66,15 @@ def test_no_loop_and_the_right_judgment_read(judgments):
         result = answerer.answer(q["question"])
         shown_well(result, item)
         assert all(c.source == q["source"] for c in result.citations)
+
+
+@pytest.mark.slow
+def test_a_name_the_passages_do_not_hold_is_not_shown(settings, eval_retriever):
+    """Read from the right manual (retrieval alone misses it), the model spelled FTBFS out as "Full Binary Tarball
+    Format", words no passage holds. No Latin-script name the passages lack reaches the user."""
+    from llm.checks import unsupported_terms
+
+    question = "FTBFS 这个缩写的英文全称是什么？"
+    answerer = Answerer(settings.with_overrides(llm={"min_relevance": -1.0}), eval_retriever)
+    result = answerer.answer(question, sources=["maint-guide.zh-cn.pdf"])
+    assert unsupported_terms(result.text, [h.text for h in result.hits], question) == [], result.text
