@@ -1,5 +1,6 @@
-"""What the reader sees: the retrieved passages a small model is given, the quote it falls back on, and the
-names a question asks about that the documents must hold before anything is read.
+"""What the reader sees: the retrieved passages a small model is given, the quote it falls back on (with the list
+a sentence opens), whether the number it answered with sits in the sentence the question is about, and the names
+a question asks about that the documents must hold before anything is read.
 
 A 0.5B model reads three passages of one document far better than five from several: it took facts from a
 neighbouring judgment, or merged two laws' deadlines. So the passages are deduplicated, passages of another
@@ -174,7 +175,8 @@ def scored_sentences(asked: set[str], passages: Sequence[Hit]) -> Iterator[tuple
 
 
 # How many more of the question's character pairs another sentence must hold before the answer's quantity is
-# taken for the neighbouring clause's (llm.eval: from 1 to 4 it changed the same answers, all to right ones).
+# taken for the neighbouring clause's: the middle of the margins that changed the same dev-set answers
+# (llm.eval, bench/README.md).
 MISPLACED_MARGIN = 2
 
 
