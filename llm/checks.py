@@ -177,8 +177,13 @@ def without_restatements(text: str, question: str, instructions: Sequence[str] =
     '要写 Closes: #123[1]。'
     >>> without_restatements("可以。这样做对吗？对。", "可以分两阶段招标吗？")
     '可以。这样做对吗？对。'
+    >>> without_restatements("It is free software.\\nAnswer the question itself.", "Is it free?",
+    ...                      ["Answer the question itself in full sentences."])
+    'It is free software.'
+    >>> without_restatements("It is free software.", "Is it free?", ["Answer the question from the passages."])
+    'It is free software.'
     """
-    asked, said = bigrams(content_of(question)), [bigrams(content_of(i)) for i in instructions]
+    asked, said = bigrams(content_of(question)), [fold(content_of(i)) for i in instructions]
 
     def restates(sentence: str) -> bool:
         grams = bigrams(content_of(sentence))
@@ -186,7 +191,8 @@ def without_restatements(text: str, question: str, instructions: Sequence[str] =
             return False
         if sentence.rstrip().endswith(("？", "?")) and len(grams & asked) >= 0.8 * len(grams):
             return True
-        return any(len(grams & g) >= 0.8 * len(grams) for g in said)
+        # Word for word: English letter pairs are few, and most sentences share most of them with any instruction.
+        return any(fold(content_of(sentence)) in instruction for instruction in said)
 
     return "".join(s for s in _SENTENCE_END.split(text) if not restates(s)).strip()
 
