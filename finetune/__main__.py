@@ -38,11 +38,11 @@ def cmd_train(args, settings) -> int:
     from finetune.train import config_from_settings, local_base, train_adapter
     from engine.models import load_model
 
-    base = local_base(settings)
+    settings = replace(settings, llm=local_base(settings))
     config = config_from_settings(settings.finetune, max_steps=args.max_steps, max_seq_length=args.max_seq_length,
                                        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr)
     records = _records(args, settings)
-    loaded = load_model(base, settings.cache_dir, adapters_dir=settings.adapters_dir, for_training=True)
+    loaded = load_model(settings.llm, settings.cache_dir, adapters_dir=settings.adapters_dir, for_training=True)
     examples = encode_all(loaded.tokenizer, records, config.max_seq_length)
     print(f"{len(examples)} examples, {sum(e.answer_tokens for e in examples)} answer tokens; "
           f"base {loaded.model_id} ({loaded.base_sha256[:12]}); {config}", file=sys.stderr)

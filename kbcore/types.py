@@ -103,7 +103,8 @@ class Answer:
     # neighbouring clause ("misplaced"); the text shown is then a quote of the best passage, or "not found".
     # "list": asked which ones, the answer shown is the list a passage gives whole.
     degenerate: str | None = None
-    # Claims of the answer (numbers) that its cited passages do not contain: shown to the user as unverified.
+    # Claims of the answer (sentences, numbers, Latin-script names) that its cited passages do not contain:
+    # shown to the user as unverified.
     unsupported: tuple[str, ...] = ()
     # Names the question asks about that no document mentions: why it was not answered.
     unmentioned: tuple[str, ...] = ()

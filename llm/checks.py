@@ -267,19 +267,6 @@ def states_quantity(sentence: str, kind: str) -> bool:
     return kind not in _UNITS_OF and bool(re.search(r"[0-9０-９]", _without_labels(sentence)))
 
 
-# "哪些条件", "哪几种", "什么情况下", "有什么要求": the answer is a list, and every item of it is asked for.
-_ASKS_LIST = re.compile(r"哪些|哪几|什么(?:条件|情况|情形|要求|材料|内容)|包括什么")
-
-
-def asks_for_list(question: str) -> bool:
-    """Whether a Chinese question asks for the items of a list.
-
-    >>> asks_for_list("供应商要具备哪些条件？"), asks_for_list("什么情况下可以不招标？"), asks_for_list("要在几天内答复？")
-    (True, True, False)
-    """
-    return bool(_ASKS_LIST.search(question))
-
-
 def stated_quantities(sentence: str, kind: str) -> list[str]:
     """The quantities of ``kind`` that ``sentence`` states, folded, article numbers and citation markers left out.
 
@@ -292,6 +279,19 @@ def stated_quantities(sentence: str, kind: str) -> list[str]:
 def _without_labels(sentence: str) -> str:
     """The sentence less what numbers no quantity: citation markers, article and section numbers, "一个" as "a"."""
     return _ARTICLE_ONE.sub("", _SECTION_NUMBER.sub("", _ORDINAL.sub("", _MARKERS.sub("", sentence))))
+
+
+# "哪些条件", "哪几种", "什么情况下", "有什么要求": the answer is a list, and every item of it is asked for.
+_ASKS_LIST = re.compile(r"哪些|哪几|什么(?:条件|情况|情形|要求|材料|内容)|包括什么")
+
+
+def asks_for_list(question: str) -> bool:
+    """Whether a Chinese question asks for the items of a list.
+
+    >>> asks_for_list("供应商要具备哪些条件？"), asks_for_list("什么情况下可以不招标？"), asks_for_list("要在几天内答复？")
+    (True, True, False)
+    """
+    return bool(_ASKS_LIST.search(question))
 
 
 # ------------------------------------------------------------------ grounding

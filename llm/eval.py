@@ -16,7 +16,7 @@ Per answer (``grade``):
 - **degenerate**: the answer shown is empty, a copied label or placeholder, the question echoed, a list of
   passage labels or a loop (``llm.checks.degenerate_reason``); **caught**: the model's own output was, or it
   was no answer for another reason ``Answer.degenerate`` names, and the answer stage replaced it.
-- **flagged**: the answer holds a sentence or number its citations do not (``Answer.unsupported``), which the
+- **flagged**: the answer holds a sentence, number or name its citations do not (``Answer.unsupported``), which the
   app shows as unverified.
 - **right document**: correct, and every citation from the gold document (the look-alike measure).
 - seconds per answer, retrieval included.

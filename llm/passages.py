@@ -152,9 +152,12 @@ def with_list_items(text: str, sentence: str, longest: int = 400) -> str:
     return out
 
 
+_LIST_OPENED = re.compile(r"[：:]" + _LIST_ITEM.pattern)
+
+
 def is_list(text: str) -> bool:
     """Whether ``text`` holds a list: a colon followed by an enumerated item."""
-    return bool(re.search(r"[：:]" + _LIST_ITEM.pattern, text))
+    return bool(_LIST_OPENED.search(text))
 
 
 def asked_words(question: str, passages: Sequence[Hit]) -> tuple[str, set[str]]:
@@ -204,7 +207,8 @@ def misplaced_quantity(question: str, answer: str, passages: Sequence[Hit]) -> l
         return []
     holding, other = 0, 0
     for _, sentence, shared in scored_sentences(asked, passages):
-        if any(holds_number(fold(sentence), q) for q in given):
+        folded = fold(sentence)
+        if any(holds_number(folded, q) for q in given):
             holding = max(holding, shared)
         elif states_quantity(sentence, wants):
             other = max(other, shared)
